@@ -1,0 +1,119 @@
+"""Search settings: one validated pydantic model, shared by every front end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class SearchConfig(BaseModel):
+    """How the DeAL search explores and scores continuations.
+
+    A candidate's score is ``log P(y_1..t | prompt) + reward_scale * sum_i w_i * R_i(prompt, rollout)``
+    where the rollout is the candidate extended ``lookahead`` tokens greedily (Huang et al., 2024).
+
+    ``SearchConfig.greedy(n)`` is plain greedy decoding (one beam, one candidate, no lookahead).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    beam_width: int = Field(2, ge=1, le=64, description="Hypotheses kept after each step.")
+    top_k: int = Field(4, ge=1, le=256, description="Next tokens each live beam proposes per step.")
+    lookahead: int = Field(
+        8, ge=0, le=256, description="Greedy tokens rolled out past each candidate before it is scored."
+    )
+    commit_tokens: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Tokens committed per step (1 = the paper). c > 1 divides search cost by about c; "
+        "must be <= lookahead + 1 because only rolled-out tokens can be committed.",
+    )
+    max_new_tokens: int = Field(64, ge=1, le=32768, description="Upper bound on generated tokens.")
+    stop: list[str] = Field(
+        default_factory=list, description="Stop strings; the text is cut before the first one found."
+    )
+    reward_scale: float = Field(
+        10.0, ge=0.0, description="lambda: weight of the summed rewards against the LM log-probability."
+    )
+    alignment_prompt: str | None = Field(
+        None,
+        description="Optional system text prepended to the prompt (the paper's start-state adaptation).",
+    )
+    seed: int | None = Field(None, description="Seeds torch before the search, for reproducible runs.")
+    trace: bool = Field(True, description="Record every step's candidates in SearchResult.trace.")
+    timeout: float | None = Field(
+        None, gt=0, description="Seconds after which the search raises SearchTimeout."
+    )
+
+    def __init__(self, **data: Any) -> None:
+        # Direct construction raises our ConfigError too, so callers catch one exception type.
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if isinstance(v, str):
+            return [v]
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_nonempty(cls, v: list[str]) -> list[str]:
+        if any(s == "" for s in v):
+            raise ValueError("stop strings must be non-empty; remove the empty string")
+        return v
+
+    @model_validator(mode="after")
+    def _commit_within_lookahead(self) -> SearchConfig:
+        if self.commit_tokens > self.lookahead + 1:
+            raise ValueError(
+                f"commit_tokens={self.commit_tokens} needs lookahead >= {self.commit_tokens - 1} "
+                f"(got lookahead={self.lookahead}): only rolled-out tokens can be committed"
+            )
+        return self
+
+    @classmethod
+    def greedy(cls, max_new_tokens: int = 64, **kwargs: Any) -> SearchConfig:
+        """Plain greedy decoding: the baseline DeAL is compared against."""
+        return make_config(
+            dict(beam_width=1, top_k=1, lookahead=0, commit_tokens=1, reward_scale=0.0,
+                 max_new_tokens=max_new_tokens, **kwargs)
+        )
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.beam_width == 1 and self.top_k == 1
+
+
+def make_config(config: SearchConfig | dict[str, Any] | None = None, **overrides: Any) -> SearchConfig:
+    """Build a :class:`SearchConfig` from a config, a dict and/or keyword overrides.
+
+    Raises :class:`ConfigError` (not pydantic's ``ValidationError``) naming each bad field.
+    """
+    base: dict[str, Any]
+    if config is None:
+        base = {}
+    elif isinstance(config, SearchConfig):
+        base = config.model_dump(exclude_unset=True)
+    elif isinstance(config, dict):
+        base = dict(config)
+    else:
+        raise ConfigError(f"config must be a SearchConfig or a dict, got {type(config).__name__}")
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return SearchConfig(**base)
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+    )
+    return f"invalid search config: {problems}"

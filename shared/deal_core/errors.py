@@ -1,0 +1,40 @@
+"""One exception hierarchy for the whole library.
+
+Every error a caller can cause is a :class:`DeALError`, so ``except DeALError`` is enough to keep an
+application alive; the subclasses say *what* to fix.  None of them leaves the engine in a bad state:
+the search owns no state between calls except the model, which it never mutates.
+"""
+
+from __future__ import annotations
+
+
+class DeALError(Exception):
+    """Base class of every error raised by DeAL."""
+
+
+class ConfigError(DeALError, ValueError):
+    """A search setting, prompt or argument is invalid. The message names the field and the fix."""
+
+
+class ContextLengthError(ConfigError):
+    """The prompt (plus ``max_new_tokens``) does not fit in the model's context window."""
+
+
+class RewardError(DeALError):
+    """A reward raised, or returned something that is not one finite-or-``-inf`` float per candidate."""
+
+    def __init__(self, message: str, *, reward_name: str | None = None) -> None:
+        super().__init__(message)
+        self.reward_name = reward_name
+
+
+class ModelLoadError(DeALError, RuntimeError):
+    """A model or tokenizer could not be loaded. The message says the command that fixes it."""
+
+
+class SearchTimeout(DeALError, TimeoutError):
+    """A search ran past its ``timeout``."""
+
+
+class SearchCancelled(DeALError):
+    """A search was cancelled by its caller (e.g. an async task was cancelled or a stream closed)."""

@@ -1,0 +1,78 @@
+"""Turn what the user passed (a string or chat messages) into token ids the search can start from."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+from .errors import ConfigError, ContextLengthError
+from .search import PreparedPrompt
+
+Message = Mapping[str, Any]
+Prompt = Union[str, Sequence[Message]]
+"""A raw string, or a list of ``{"role": ..., "content": ...}`` chat messages."""
+
+_ROLES = {"system", "user", "assistant", "tool"}
+
+
+def context_window(model) -> int | None:
+    cfg = model.config
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _check_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
+            raise ConfigError(f"chat message {i} must be a mapping with 'role' and 'content' keys, got {m!r}")
+        if m["role"] not in _ROLES:
+            raise ConfigError(f"chat message {i} has role {m['role']!r}; use one of {sorted(_ROLES)}")
+        out.append({"role": m["role"], "content": str(m["content"])})
+    if not out:
+        raise ConfigError("the prompt is an empty list of messages; pass at least one user message")
+    if not any(m["content"].strip() for m in out):
+        raise ConfigError("every chat message is empty; the prompt needs some text")
+    return out
+
+
+def prepare_prompt(tokenizer, model, prompt: Prompt, *, alignment_prompt: str | None,
+                   max_new_tokens: int) -> PreparedPrompt:
+    """Apply the chat template (for messages) and the alignment prompt; check the context window.
+
+    Rewards see the user's own request: the string, or the last user message of a chat.
+    """
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ConfigError("the prompt is empty; pass some text (or a list of chat messages)")
+        text = f"{alignment_prompt}\n\n{prompt}" if alignment_prompt else prompt
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        reward_prompt = prompt
+    elif isinstance(prompt, Sequence):
+        messages = _check_messages(prompt)
+        if alignment_prompt:
+            if messages[0]["role"] == "system":
+                messages[0] = {"role": "system", "content": f"{alignment_prompt}\n\n{messages[0]['content']}"}
+            else:
+                messages.insert(0, {"role": "system", "content": alignment_prompt})
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ConfigError("this model's tokenizer has no chat template; pass the prompt as a string")
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        reward_prompt = users[-1] if users else messages[-1]["content"]
+    else:
+        raise ConfigError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}")
+    if not ids:
+        raise ConfigError("the prompt encodes to zero tokens; pass some text")
+    window = context_window(model)
+    if window is not None and len(ids) + max_new_tokens > window:
+        raise ContextLengthError(
+            f"prompt is {len(ids)} tokens and max_new_tokens={max_new_tokens}, but the model's context "
+            f"window is {window} tokens; shorten the prompt or lower max_new_tokens to "
+            f"{max(window - len(ids), 0)}"
+        )
+    return PreparedPrompt(input_ids=list(ids), reward_prompt=reward_prompt)

@@ -1,0 +1,87 @@
+"""The DeAL method written the obvious, slow way -- the oracle for tests, the baseline for speed.
+
+This is how public implementations run the paper's search today: one prompt at a time, one
+candidate at a time, each rollout a fresh ``model.generate`` call over the whole context (the prefix
+is recomputed for every candidate, nothing is batched, no KV cache survives between calls), and
+each candidate's reward computed on its own. Decisions follow exactly the rules of ``search.py``
+(same candidate construction, scoring and selection helpers), so in deterministic settings both
+return the same text and scores.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from transformers import GenerationConfig
+
+from .config import SearchConfig
+from .result import SearchResult, SearchStats
+from .rewards import RewardSet
+from .search import PreparedPrompt, _Decoder, _Hyp, eos_token_ids, make_candidate, select, set_score, step_plan
+
+
+def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSet,
+                     config: SearchConfig) -> SearchResult:
+    t0 = time.perf_counter()
+    device = next(model.parameters()).device
+    dec = _Decoder(tokenizer, config.stop)
+    eos = eos_token_ids(model, tokenizer)
+    stats = SearchStats()
+    no_rewards = tuple(0.0 for _ in rewards.items)
+    beams = [_Hyp([], "", 0.0, 0.0, no_rewards)]
+    finished: list[_Hyp] = []
+
+    while True:
+        commit, look, _ = step_plan(config, len(beams[0].tokens))
+        n_generate = max(look, commit - 1)  # rollout tokens needed after the candidate token
+        candidates: list[_Hyp] = []
+        for beam in beams:
+            context = prompt.input_ids + beam.tokens
+            with torch.inference_mode():
+                logits = model(torch.tensor([context], device=device)).logits[0, -1].float()
+            stats.lm_forward_passes += 1
+            stats.lm_tokens += len(context)
+            top_lp, top_ids = torch.log_softmax(logits, -1).topk(min(config.top_k, logits.shape[-1]))
+            for token, token_lp in zip(top_ids.tolist(), top_lp.tolist()):
+                row, row_lp = [token], [token_lp]
+                if n_generate:
+                    row_more, lp_more = _generate(model, context + [token], n_generate, device, eos, stats)
+                    row, row_lp = row + row_more, row_lp + lp_more
+                hyp, rollout_text, _, _ = make_candidate(dec, eos, beam, row, row_lp, commit, look,
+                                                         config.max_new_tokens)
+                values: tuple[float, ...] = hyp.values
+                if rewards:  # one candidate at a time, no cache
+                    values = rewards.evaluate(prompt.reward_prompt, [rollout_text])[0]
+                    stats.reward_calls += len(rewards)
+                    stats.candidates_scored += 1
+                set_score(hyp, values, rewards, config)
+                candidates.append(hyp)
+        stats.steps += 1
+        pool = finished + candidates
+        survivors = [pool[i] for i in select(pool, lambda h: (h.score, h.logprob), config.beam_width)]
+        finished = [h for h in survivors if h.finish is not None]
+        beams = [h for h in survivors if h.finish is None]
+        if not beams:
+            best = survivors[0]
+            stats.wall_seconds = time.perf_counter() - t0
+            return SearchResult(text=best.text, token_ids=best.tokens, score=best.score,
+                                logprob=best.logprob, reward_scores=dict(zip(rewards.names, best.values)),
+                                finish_reason=best.finish or "length", stats=stats)
+
+
+def _generate(model, context: list[int], n: int, device, eos: set[int], stats: SearchStats) -> tuple[list[int], list[float]]:
+    """Greedy ``n`` tokens after ``context`` with a fresh ``generate`` call; tokens and log-probs."""
+    ids = torch.tensor([context], device=device)
+    # A fresh, explicit config: the model's own generation defaults (repetition penalty, ...) must not
+    # change what "greedy" means. Stopping at EOS is fine: the candidate is cut there anyway.
+    gen_config = GenerationConfig(max_new_tokens=n, do_sample=False, eos_token_id=sorted(eos),
+                                  pad_token_id=sorted(eos)[0] if eos else 0, output_logits=True,
+                                  return_dict_in_generate=True)
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gen_config)
+    tokens = out.sequences[0, len(context):].tolist()
+    lps = [torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(out.logits, tokens)]
+    stats.lm_forward_passes += len(tokens)
+    stats.lm_tokens += len(context) + len(tokens) - 1
+    return tokens, lps

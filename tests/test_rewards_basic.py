@@ -1,0 +1,62 @@
+"""The reward protocol, its adapters and the first built-in rewards."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from deal_core import CallableReward, KeywordReward, LengthReward, RewardSet
+from deal_core.rewards import BatchMethodReward
+
+
+def test_keywords_are_inflection_aware():
+    kw = KeywordReward(["dog", "run", "stand", "child", "throw_V"])
+    assert kw.score("", ["The dogs were running.", "A child stood and threw it.",
+                         "Children ran."]) == [0.4, 0.6, 0.4]
+    assert kw.matched("Two dogs ran; the children stood there throwing.") == ["dog", "run", "stand",
+                                                                               "child", "throw"]
+    assert kw.score("", ["hotdog runway"]) == [0.0]  # whole words only
+
+
+def test_length_reward():
+    lr = LengthReward(10, tolerance=0.1)
+    assert lr.score("", ["w " * 10, "w " * 11, "w " * 15, "w " * 20, ""]) == pytest.approx(
+        [1.0, 1.0, 0.6, 0.1, 0.1])
+
+
+def test_callable_shapes_are_adapted():
+    per_text = CallableReward(lambda prompt, text: len(text))
+    batched = CallableReward(lambda prompt, texts: [len(t) for t in texts])
+
+    async def async_reward(prompt, text):
+        return float(len(text))
+
+    def typed(prompt: str, outs: list[str]) -> list[float]:
+        return [1.0 for _ in outs]
+
+    assert per_text.score("p", ["ab", "c"]) == [2, 1]
+    assert batched.batched and batched.score("p", ["ab", "c"]) == [2, 1]
+    assert CallableReward(async_reward).score("p", ["abc"]) == [3.0]
+    assert CallableReward(typed).batched
+
+
+def test_batch_method_objects_and_weights():
+    class Runnableish:
+        name = "judge"
+
+        def batch(self, inputs):
+            return [{"score": float("x" in i["completion"])} for i in inputs]
+
+    rs = RewardSet.from_spec([(Runnableish(), 2.0), KeywordReward(["x"]), lambda p, t: 0.5])
+    assert rs.names == ["judge", "keywords", "reward"]
+    values = rs.evaluate("p", ["x marks", "nothing"])
+    assert values == [(1.0, 1.0, 0.5), (0.0, 0.0, 0.5)]
+    assert rs.total(values[0]) == 2.0 + 1.0 + 0.5
+    assert rs.total((1.0, -math.inf, 0.0)) == -math.inf
+    assert isinstance(rs.items[0].reward, BatchMethodReward)
+
+
+def test_duplicate_names_are_made_unique():
+    rs = RewardSet.from_spec([KeywordReward(["a"]), KeywordReward(["b"])])
+    assert rs.names == ["keywords", "keywords_2"]
