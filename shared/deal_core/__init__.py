@@ -16,9 +16,17 @@ from .errors import (
 )
 from .models import DEFAULT_MODEL, cache_dir, load_model
 from .result import SearchResult, SearchStats, TraceCandidate, TraceStep
+from .judge import Judge, get_judge
 from .rewards import (
+    BannedPhrases,
     BatchMethodReward,
     CallableReward,
+    ClassifierReward,
+    Constraint,
+    HarmlessnessReward,
+    Normalized,
+    RegexReward,
+    RubricReward,
     KeywordReward,
     LengthReward,
     Reward,
@@ -31,6 +39,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "BannedPhrases",
+    "ClassifierReward",
+    "Constraint",
+    "HarmlessnessReward",
+    "Judge",
+    "Normalized",
+    "RegexReward",
+    "RubricReward",
+    "get_judge",
     "BatchMethodReward",
     "CallableReward",
     "ConfigError",

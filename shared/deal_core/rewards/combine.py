@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import numbers
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, RewardError
+from ..errors import ConfigError, DeALError, RewardError
 from .base import Reward
 from .callable import BatchMethodReward, CallableReward
 
@@ -54,6 +55,9 @@ class RewardSet:
     total ``-inf`` whatever its weight.
     """
 
+    #: Evaluate several rewards in parallel threads (set False to debug one at a time).
+    concurrent: bool = True
+
     def __init__(self, items: Sequence[WeightedReward]) -> None:
         self.items: list[WeightedReward] = []
         self.names: list[str] = []
@@ -82,7 +86,14 @@ class RewardSet:
 
     def evaluate(self, prompt: str, texts: list[str]) -> list[tuple[float, ...]]:
         """Every reward's value for every text: ``out[j][i]`` is reward ``i`` on ``texts[j]``."""
-        columns = [self._call(i, prompt, texts) for i in range(len(self.items))]
+        n = len(self.items)
+        if n > 1 and self.concurrent:
+            # Rewards run side by side: a judge forward, a classifier forward and a remote call
+            # all release the GIL, so the step costs about the slowest reward, not their sum.
+            with ThreadPoolExecutor(max_workers=n, thread_name_prefix="deal-reward") as pool:
+                columns = list(pool.map(lambda i: self._call(i, prompt, texts), range(n)))
+        else:
+            columns = [self._call(i, prompt, texts) for i in range(n)]
         return [tuple(col[j] for col in columns) for j in range(len(texts))]
 
     def total(self, values: Sequence[float]) -> float:
@@ -94,7 +105,7 @@ class RewardSet:
         reward, name = self.items[i].reward, self.names[i]
         try:
             out = reward.score(prompt, texts)
-        except RewardError:
+        except DeALError:  # already says what to fix (RewardError, ModelLoadError, ConfigError)
             raise
         except Exception as exc:
             raise RewardError(
