@@ -27,7 +27,8 @@ that that's the their theirs them themselves then there there's these they they'
 they've this those though through thus to too under until up upon us very was wasn't we we'd we'll
 we're we've were weren't what what's when when's where where's whether which while who who's whom
 whose why why's will with won't would wouldn't yes yet you you'd you'll you're you've your yours
-yourself yourselves answer question context information based given according provided
+yourself yourselves since via per within without across among answer question context information
+based given according provided
 """.split())
 _TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
 # LlamaIndex's QA templates fence the retrieved context with this line (text_qa and refine).
