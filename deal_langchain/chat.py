@@ -1,0 +1,180 @@
+"""``ChatDeAL``: a LangChain chat model whose decoding is a DeAL reward-guided search.
+
+Modelled on ``langchain_huggingface.ChatHuggingFace``: message lists (system / human / ai) are
+rendered with the model's own chat template, ``stream`` yields ``AIMessageChunk``s as the search
+commits text, and every answer carries ``response_metadata`` (model, finish reason, score,
+per-reward scores, search stats) and ``usage_metadata``. Text only: no tools, structured output or
+images (the embedded model has none of those).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.base import LangSmithParams
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict
+
+from deal_core import ConfigError, SearchResult
+
+from ._base import DeALParams, prompt_tokens, result_info
+
+_ROLE_OF = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant",
+            "system": "system", "developer": "system", "tool": "tool", "function": "tool"}
+# By class, not by ``.type``: chunks (``AIMessageChunk`` ...) have their own ``type`` strings but are
+# subclasses, so a streamed-and-summed reply fed back into a conversation still maps to its role.
+_CLASS_ROLES: tuple[tuple[type[BaseMessage], str], ...] = (
+    (HumanMessage, "user"), (AIMessage, "assistant"), (SystemMessage, "system"),
+    (ToolMessage, "tool"), (FunctionMessage, "tool"),
+)
+
+
+def to_chat_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+    """LangChain messages -> ``[{"role", "content"}]`` for the tokenizer's chat template.
+
+    Content blocks must be text; anything else (images, audio, files) raises :class:`ConfigError`.
+    """
+    out = []
+    for i, m in enumerate(messages):
+        role = next((r for cls, r in _CLASS_ROLES if isinstance(m, cls)), None)
+        if role is None and isinstance(m, ChatMessage):
+            role = _ROLE_OF.get(m.role)
+            if role is None:
+                raise ConfigError(f"message {i} has role {m.role!r}; ChatDeAL understands "
+                                  f"{sorted(_ROLE_OF)}")
+        elif role is None:
+            raise ConfigError(f"message {i} is a {type(m).__name__}; ChatDeAL takes system, human, "
+                              "ai, tool, function and chat messages")
+        out.append({"role": role, "content": _text(m.content, i)})
+    return out
+
+
+def _text(content: Any, i: int) -> str:
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(block.get("text", ""))
+        else:
+            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+            raise ConfigError(f"message {i} has a {kind!r} content block; ChatDeAL's model reads text only")
+    return "".join(parts)
+
+
+class ChatDeAL(DeALParams, BaseChatModel):
+    """A LangChain chat model backed by the shared DeAL engine.
+
+    >>> chat = ChatDeAL(rewards=lambda prompt, text: float("please" in text), max_tokens=32)
+    >>> chat.invoke([("system", "Be polite."), ("human", "Ask me to close the door.")])
+
+    Settings are the fields of :class:`deal_core.SearchConfig` plus ``rewards``; override any per
+    call with ``chat.bind(rewards=..., beam_width=4)`` or ``chat.invoke(msgs, max_tokens=16)``.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
+
+    @property
+    def _llm_type(self) -> str:
+        return "deal-chat"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return self.identifying_params()
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(ls_provider="deal", ls_model_name=kwargs.get("model") or self.model_name,
+                                 ls_model_type="chat")
+        if self.temperature is not None:
+            params["ls_temperature"] = self.temperature
+        if self.max_new_tokens is not None:
+            params["ls_max_tokens"] = self.max_new_tokens
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    # ---- generate ---------------------------------------------------------------------------------
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        engine, rewards, config = self.resolve_call(stop, kwargs)
+        prompt = to_chat_messages(messages)
+        result = engine.search(prompt, rewards, config)
+        return self._chat_result(engine, prompt, result, config)
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                         **kwargs: Any) -> ChatResult:
+        engine, rewards, config = self.resolve_call(stop, kwargs)
+        prompt = to_chat_messages(messages)
+        result = await engine.asearch(prompt, rewards, config)
+        return self._chat_result(engine, prompt, result, config)
+
+    # ---- stream -----------------------------------------------------------------------------------
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None,
+                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        engine, rewards, config = self.resolve_call(stop, kwargs)
+        prompt = to_chat_messages(messages)
+        for item in engine.stream_events(prompt, rewards, config):
+            if isinstance(item, SearchResult):
+                yield self._final_chunk(engine, prompt, item, config)
+                return
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
+            if run_manager:
+                run_manager.on_llm_new_token(item, chunk=chunk)
+            yield chunk
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        engine, rewards, config = self.resolve_call(stop, kwargs)
+        prompt = to_chat_messages(messages)
+        async for item in engine.astream_events(prompt, rewards, config):
+            if isinstance(item, SearchResult):
+                yield self._final_chunk(engine, prompt, item, config)
+                return
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
+            if run_manager:
+                await run_manager.on_llm_new_token(item, chunk=chunk)
+            yield chunk
+
+    # ---- results ----------------------------------------------------------------------------------
+    @staticmethod
+    def _metadata(engine, prompt, result: SearchResult, config) -> tuple[dict[str, Any], UsageMetadata]:
+        n_in, n_out = prompt_tokens(engine, prompt, config), len(result.token_ids)
+        usage = UsageMetadata(input_tokens=n_in, output_tokens=n_out, total_tokens=n_in + n_out)
+        return {"model_name": engine.model_name, **result_info(result, config)}, usage
+
+    def _chat_result(self, engine, prompt, result: SearchResult, config) -> ChatResult:
+        meta, usage = self._metadata(engine, prompt, result, config)
+        message = AIMessage(content=result.text, response_metadata=meta, usage_metadata=usage)
+        return ChatResult(generations=[ChatGeneration(message=message, generation_info=meta)],
+                          llm_output={"model_name": engine.model_name,
+                                      "token_usage": {"prompt_tokens": usage["input_tokens"],
+                                                      "completion_tokens": usage["output_tokens"],
+                                                      "total_tokens": usage["total_tokens"]}})
+
+    def _final_chunk(self, engine, prompt, result: SearchResult, config) -> ChatGenerationChunk:
+        # Empty text: the deltas carried it. Only this chunk sets usage and metadata, so they are
+        # counted once when LangChain adds the chunks up.
+        meta, usage = self._metadata(engine, prompt, result, config)
+        return ChatGenerationChunk(
+            message=AIMessageChunk(content="", response_metadata=meta, usage_metadata=usage,
+                                   chunk_position="last"),
+            generation_info=meta)
