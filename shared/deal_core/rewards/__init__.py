@@ -6,6 +6,7 @@ from .classifier import ClassifierReward
 from .combine import RewardSet, RewardSpec, WeightedReward, as_reward, check_scores
 from .constraint import Constraint, hard
 from .harmlessness import HarmlessnessReward
+from .fluency import FluencyReward
 from .keywords import KeywordReward
 from .length import LengthReward
 from .normalize import Normalized
@@ -18,6 +19,7 @@ __all__ = [
     "CallableReward",
     "ClassifierReward",
     "Constraint",
+    "FluencyReward",
     "HarmlessnessReward",
     "Normalized",
     "RegexReward",
