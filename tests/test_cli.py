@@ -70,7 +70,7 @@ def test_generate_json_matches_the_engine(engine, tmp_path):
     assert out["greedy"]["reward_scores"]["keywords"] == pytest.approx(
         KeywordReward(WORDS.split(",")).score(PROMPT, [greedy.text])[0])
     # --trace wrote the page, with the answer in it.
-    assert out["trace_file"] == str(trace)
+    assert out["trace_files"] == [str(trace)]
     page = trace.read_text(encoding="utf-8")
     assert page.startswith("<!doctype html>") and html.escape(want.text) in page
 
@@ -183,11 +183,11 @@ def test_bad_trace_name_fails_before_searching(monkeypatch, capsys, tmp_path):
 def test_human_output_compare_greedy_and_png(tiny, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr("deal_core.engine.get_engine", lambda *a, **k: tiny)
     monkeypatch.setenv("COLUMNS", "240")  # rich wraps table cells to the terminal width
-    png = tmp_path / "tree.png"
+    png, page = tmp_path / "tree.png", tmp_path / "tree.html"
     code, out, err = run_main(capsys, "generate", "Once upon a time", "--raw", "--keywords", "cat,the",
                               "--length", "5", "--weight", "keywords=2", "--max-new-tokens", "6",
                               "--beam-width", "2", "--top-k", "3", "--lookahead", "1", "--reward-scale", "50",
-                              "--compare-greedy", "--trace", str(png))
+                              "--compare-greedy", "--trace", str(png), "--trace", str(page))
     assert code == 0, err
     rewards = [(KeywordReward(["cat", "the"]), 2.0), (cli.LengthReward(5), 1.0)]
     want = tiny.search("Once upon a time", rewards, beam_width=2, top_k=3, lookahead=1,
@@ -200,6 +200,7 @@ def test_human_output_compare_greedy_and_png(tiny, monkeypatch, capsys, tmp_path
                    "LM forwards", f"{want.reward_scores['keywords']:.3f}", f"trace written to {png}"):
         assert needle in out, needle
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
+    assert f"trace written to {page}" in out and html.escape(want.text) in page.read_text(encoding="utf-8")
 
 
 def test_in_process_generate_on_tiny_model(tiny, monkeypatch, capsys):

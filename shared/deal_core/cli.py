@@ -224,7 +224,7 @@ def generate(
     model: Annotated[str, typer.Option(help="'embedded' (SmolLM2-135M-Instruct), a local dir or HF id.")] = "embedded",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     compare_greedy: Annotated[bool, typer.Option("--compare-greedy", help="Also decode greedily and show both.")] = False,
-    trace: Annotated[Optional[Path], typer.Option(help="Write the search tree: a .html, .png or .json file.")] = None,
+    trace: Annotated[list[Path], typer.Option(metavar="FILE", help="Write the search tree: a .html, .png or .json file; repeatable.")] = [],  # noqa: B006
     top_n: Annotated[int, typer.Option(help="Candidates drawn per step in --trace pictures.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (no trace; see --trace x.json).")] = False,
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Live progress (default: on a terminal).")] = None,
@@ -246,21 +246,22 @@ def _generate(*, prompt: str, keywords, length, rubric, weight, beam_width, top_
                          commit_tokens=commit_tokens, max_new_tokens=max_new_tokens,
                          reward_scale=reward_scale, stop=stop or None,
                          alignment_prompt=alignment_prompt, seed=seed, trace=True)
-    if trace is not None:
+    for target in trace:
         # Checked before the search: a long search should not end in "cannot write the file".
-        if trace.suffix.lower() not in (".html", ".htm", ".png", ".json"):
-            raise ConfigError(f"--trace {trace}: use a .html, .png or .json file name")
-        if not trace.parent.is_dir():
-            raise ConfigError(f"--trace {trace}: the folder {trace.parent} does not exist")
+        if target.suffix.lower() not in (".html", ".htm", ".png", ".json"):
+            raise ConfigError(f"--trace {target}: use a .html, .png or .json file name")
+        if not target.parent.is_dir():
+            raise ConfigError(f"--trace {target}: the folder {target.parent} does not exist")
     if not prompt.strip():
         raise ConfigError("the prompt is empty; pass some text")
     the_prompt: Any = prompt if raw else [{"role": "user", "content": prompt}]
     show = sys.stderr.isatty() if progress is None else progress
+    _quiet_loading()
     engine = get_engine(None if model == "embedded" else model, device)
     result = _run_with_progress(engine, the_prompt, rewards, config, show=show)
 
     greedy = None
-    if compare_greedy or trace is not None:
+    if compare_greedy or trace:
         greedy = engine.search(the_prompt, config=SearchConfig.greedy(
             max_new_tokens, stop=stop or None, alignment_prompt=alignment_prompt, trace=False))
         if rewards:
@@ -268,21 +269,33 @@ def _generate(*, prompt: str, keywords, length, rubric, weight, beam_width, top_
             rs = RewardSet.from_spec(rewards)
             values = rs.evaluate(prompt, [greedy.text])[0]
             greedy = greedy.model_copy(update={"reward_scores": dict(zip(rs.names, values))})
-    if trace is not None:
+    if trace:
         from .render import save_trace
 
-        save_trace(result, trace, prompt=the_prompt, greedy=greedy, config=config, top_n=top_n)
+        for target in trace:
+            save_trace(result, target, prompt=the_prompt, greedy=greedy, config=config, top_n=top_n)
 
     if as_json:
         out = {"model": engine.model_name, "config": config.model_dump(),
                **result.model_dump(mode="json", exclude={"trace"})}
         if compare_greedy and greedy is not None:
             out["greedy"] = greedy.model_dump(mode="json", exclude={"trace"})
-        if trace is not None:
-            out["trace_file"] = str(trace)
+        if trace:
+            out["trace_files"] = [str(t) for t in trace]
         typer.echo(json.dumps(out, indent=2, default=_json_default))
         return
     _print_human(result, greedy if compare_greedy else None, trace)
+
+
+def _quiet_loading() -> None:
+    """No "Loading weights" bar from transformers: the CLI's output is the answer (and our own
+    progress display); a load error still surfaces as one line."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 -- cosmetics only; never fail a run over a progress bar
+        pass
 
 
 def _json_default(x: Any) -> Any:
@@ -295,7 +308,7 @@ def _fmt(x: float | None) -> str:
     return "-inf" if x == -math.inf else f"{x:.3f}"
 
 
-def _print_human(result, greedy, trace: Path | None) -> None:
+def _print_human(result, greedy, trace: list[Path]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -323,8 +336,8 @@ def _print_human(result, greedy, trace: Path | None) -> None:
                   f" · {len(result.token_ids)} tokens", markup=False)
     console.print(f"stats: {s.steps} steps · {s.lm_forward_passes} LM forwards · {s.candidates_scored} "
                   f"candidates scored · {s.reward_calls} reward calls · {s.wall_seconds:.1f} s", markup=False)
-    if trace is not None:
-        console.print(f"trace written to {trace}", markup=False)
+    for target in trace:
+        console.print(f"trace written to {target}", markup=False)
 
 
 # ---- cache --------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..result import SearchResult
-from .tree import Node, TreeView, build_tree, show_token
+from .tree import Node, TreeView, build_tree, candidate_label
 
 # Geometry of the SVG tree (pixels).
 _COL, _NODE_W, _NODE_H, _ROW, _LEFT, _TOP = 100, 88, 32, 42, 90, 52
@@ -206,7 +206,7 @@ def _node_box(n: Node, x: float, y: float, names: Sequence[str]) -> str:
         stroke = 'stroke="#5aa85a" stroke-width="1"'
     else:
         stroke = 'stroke="#c4c4cc" stroke-width="1"'
-    token = show_token(c.token_text)
+    token = candidate_label(c)
     token = token if len(token) <= 11 else token[:10] + "…"
     marks = ("■" if c.finished else "") + ("▲" if n.lm_top else "")
     tip = [f"step {n.step}, candidate {n.index} (beam {c.beam})", f"token: {c.token_text!r}",
@@ -234,7 +234,7 @@ def _step_tables(result: SearchResult, tree: TreeView, *, open_all: bool) -> str
     for view in tree.steps:
         nodes = {n.index: n for n in view.nodes}
         path_node = next((n for n in view.nodes if n.on_path), None)
-        chose = (f"chose {_e(show_token(path_node.candidate.token_text))}" if path_node
+        chose = (f"chose {_e(candidate_label(path_node.candidate))}" if path_node
                  else "answer already finished")
         rows = []
         # Every candidate, in score order, including those the tree leaves out.
@@ -245,7 +245,7 @@ def _step_tables(result: SearchResult, tree: TreeView, *, open_all: bool) -> str
                                            ("greedy", n is not None and n.greedy)) if on)
             flags = ", ".join(f for f, on in (("survived", c.survived), ("finished", c.finished)) if on)
             rows.append(
-                f'<tr class="{cls}"><td>{i}</td><td><code>{_e(show_token(c.token_text))}</code></td>'
+                f'<tr class="{cls}"><td>{i}</td><td><code>{_e(candidate_label(c))}</code></td>'
                 f"<td>{c.beam}</td><td class=num>{_f(c.logprob)}</td>"
                 + "".join(f"<td class=num>{_f(c.rewards.get(k))}</td>" for k in tree.reward_names)
                 + f"<td class=num>{_f(c.score)}</td><td>{_e(_tail(c.rollout_text))}</td>"

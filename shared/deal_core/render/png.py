@@ -21,7 +21,7 @@ from typing import Any
 
 from ..result import SearchResult
 from .errors import RenderError
-from .tree import TreeView, build_tree, show_token
+from .tree import TreeView, build_tree, candidate_label
 
 _BLUE, _ORANGE, _GREEN, _GREY, _EDGE = "#1f5fbf", "#e07b00", "#5aa85a", "#c4c4cc", "#d4d4da"
 
@@ -151,7 +151,7 @@ def _draw_panel(ax: Any, tree: TreeView, rows: dict[tuple[int, int], int], first
             ax.scatter([view.step], [-n.row], s=70 if n.on_path else 40, color=face, edgecolors=edge,
                        linewidths=2 if (n.on_path or n.greedy) else 0.5,
                        marker="s" if c.finished else "o", zorder=4)
-            label = show_token(c.token_text)
+            label = candidate_label(c)
             label = label if len(label) <= _LABEL_CHARS else label[: _LABEL_CHARS - 1] + "…"
             ax.annotate(label, (view.step, -n.row), xytext=(0, 6), textcoords="offset points",
                         ha="center", fontsize=7, fontweight="bold" if n.on_path else "normal",

@@ -167,6 +167,14 @@ def build_tree(result: SearchResult, greedy: SearchResult | None = None, *, top_
                     diverge_step=diverge, rows=max(len(s.nodes) for s in steps))
 
 
+def candidate_label(c: TraceCandidate) -> str:
+    """A candidate's token as a label; a candidate that ended the answer at EOS (its text is
+    empty: the EOS token is not part of the answer) reads "⟨end⟩"."""
+    if c.finished and not c.token_ids:
+        return "⟨end⟩"
+    return show_token(c.token_text)
+
+
 def show_token(text: str) -> str:
     """A token as a label: leading/trailing spaces and newlines made visible, empty as ∅."""
     if text == "":
