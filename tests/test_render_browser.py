@@ -35,8 +35,7 @@ def _chromium() -> str:
                 "apt-get when it can; it could not here)")
 
 
-def dump_dom(path, tmp_path) -> str:
-    browser = _chromium()
+def dump_dom(browser: str, path, tmp_path) -> str:
     profile = tmp_path / "chromium-profile"
     profile.mkdir()
     proc = subprocess.run(
@@ -47,7 +46,9 @@ def dump_dom(path, tmp_path) -> str:
     return proc.stdout
 
 
-def test_html_trace_opens_in_chromium(tiny, tmp_path):
+def test_html_trace_opens_in_chromium(request, tmp_path):
+    browser = _chromium()  # before the model fixture: a skip should cost nothing
+    tiny = request.getfixturevalue("tiny")
     prompt = keyword_prompt(["cat", "sofa"])
     kw = KeywordReward(["cat", "sofa", "the"])
     result = tiny.search(prompt, [kw], SearchConfig(beam_width=2, top_k=3, lookahead=2,
@@ -55,7 +56,7 @@ def test_html_trace_opens_in_chromium(tiny, tmp_path):
     greedy = tiny.search(prompt, config=SearchConfig.greedy(14))
     path = write_html(result, tmp_path / "tree.html", prompt=prompt, greedy=greedy, top_n=3)
 
-    dom = dump_dom(path, tmp_path)
+    dom = dump_dom(browser, path, tmp_path)
     page = parse_page(dom)
     assert page.text.get("final-text") == result.text
     assert page.text.get("greedy-text") == greedy.text
