@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -20,9 +21,7 @@ from .models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
 from .prompts import Prompt, context_window, prepare_prompt
 from .result import SearchResult
 from .rewards import RewardSet, RewardSpec
-from .search import StepUpdate, run_search
-
-_SENTINEL = object()
+from .scheduler import Done, Event, Failed, Scheduler, Ticket
 
 
 class Engine:
@@ -32,8 +31,13 @@ class Engine:
     >>> result = engine.search("Write a haiku about rain.", rewards=[KeywordReward(["umbrella"])])
     >>> result.text, result.reward_scores, result.stats.lm_forward_passes
 
-    Thread-safe: the engine holds no per-search state, so concurrent calls from threads or asyncio
-    tasks are independent (each builds its own KV caches).
+    Thread-safe, and better than that: every search of every caller (threads, asyncio tasks,
+    streams) goes through the engine's :attr:`scheduler`, which runs their steps in shared batched
+    forwards. Each request keeps its own KV cache, rewards and result -- the same result as alone.
+
+    ``max_batch_rows`` caps the candidate rows of one shared forward (a request takes up to
+    ``beam_width x top_k``), which bounds KV-cache memory; requests beyond it wait their turn.
+    ``max_batch_size`` caps the prompts of one ``search_batch`` call.
     """
 
     def __init__(
@@ -44,7 +48,15 @@ class Engine:
         dtype: str | torch.dtype | None = None,
         trust_remote_code: bool = False,
         loaded: LoadedModel | None = None,
+        max_batch_rows: int = 128,
+        max_batch_size: int = 256,
     ) -> None:
+        if max_batch_rows < 1 or max_batch_size < 1:
+            raise ConfigError(f"max_batch_rows and max_batch_size must be >= 1, got {max_batch_rows} "
+                              f"and {max_batch_size}")
+        self.max_batch_rows, self.max_batch_size = max_batch_rows, max_batch_size
+        self._scheduler: Scheduler | None = None
+        self._scheduler_lock = threading.Lock()
         self._loaded = loaded or load_model(model, device=device, dtype=dtype,
                                             trust_remote_code=trust_remote_code)
 
@@ -73,16 +85,36 @@ class Engine:
         return f"Engine(model={self.model_name!r}, device={str(self.device)!r})"
 
     # ---- search ----------------------------------------------------------------------------------
-    def _start(self, prompts: Sequence[Prompt], rewards: RewardSpec | None,
-               config: SearchConfig | dict[str, Any] | None, cancel: threading.Event | None,
-               overrides: dict[str, Any]):
+    @property
+    def scheduler(self) -> Scheduler:
+        """The engine's scheduler: every search of every caller runs through it (continuous batching)."""
+        if self._scheduler is None:
+            with self._scheduler_lock:
+                if self._scheduler is None:
+                    self._scheduler = Scheduler(self.model, self.tokenizer, max_batch_rows=self.max_batch_rows)
+        return self._scheduler
+
+    def _submit(self, prompts: Sequence[Prompt], rewards: RewardSpec | None,
+                config: SearchConfig | dict[str, Any] | None, overrides: dict[str, Any],
+                sinks: Sequence[Callable[[Event], None]], cancel: threading.Event | None = None) -> list[Ticket]:
+        """Validate everything (bad input raises here, before any work starts), then queue one
+        ticket per prompt; ``sinks[i]`` receives prompt ``i``'s events."""
         cfg = make_config(config, **overrides)
         reward_set = RewardSet.from_spec(rewards)
         if not prompts:
             raise ConfigError("no prompts given; pass at least one prompt")
+        if len(prompts) > self.max_batch_size:
+            raise ConfigError(f"got a batch of {len(prompts)} prompts; this engine takes at most "
+                              f"max_batch_size={self.max_batch_size} per call: split the batch, or create "
+                              "the engine with a larger max_batch_size")
+        scheduler = self.scheduler
+        scheduler.check(cfg)
         prepared = [prepare_prompt(self.tokenizer, self.model, p, alignment_prompt=cfg.alignment_prompt,
                                    max_new_tokens=cfg.max_new_tokens) for p in prompts]
-        return run_search(self.model, self.tokenizer, prepared, reward_set, cfg, cancel=cancel)
+        tickets = [Ticket(scheduler.new_state(p, reward_set, cfg), sink, cancel)
+                   for p, sink in zip(prepared, sinks)]
+        scheduler.submit(tickets)
+        return tickets
 
     def search(self, prompt: Prompt, rewards: RewardSpec | None = None,
                config: SearchConfig | dict[str, Any] | None = None, **overrides: Any) -> SearchResult:
@@ -93,20 +125,40 @@ class Engine:
                      config: SearchConfig | dict[str, Any] | None = None, *,
                      cancel: threading.Event | None = None, progress: bool = False,
                      **overrides: Any) -> list[SearchResult]:
-        """Search several prompts together: their candidates share every forward pass."""
+        """Search several prompts; their steps share forward passes (with other callers' too).
+
+        If one prompt fails, the others are cancelled and its error is raised. Setting ``cancel``
+        stops the search at its next step with :class:`SearchCancelled`.
+        """
         if isinstance(prompts, str):
             raise ConfigError("search_batch takes a list of prompts; use search() for one prompt")
-        gen = self._start(list(prompts), rewards, config, cancel, overrides)
-        bar = _progress_bar(progress, make_config(config, **overrides).max_new_tokens)
+        prompts = list(prompts)
+        events: queue.SimpleQueue[tuple[int, Event]] = queue.SimpleQueue()
+        tickets = self._submit(prompts, rewards, config, overrides,
+                               [lambda e, i=i: events.put((i, e)) for i in range(len(prompts))], cancel)
+        bar = _progress_bar(progress, tickets[0].state.config.max_new_tokens)
+        results: dict[int, SearchResult] = {}
+        tokens = [0] * len(tickets)
         try:
-            while True:
-                update = next(gen)
+            while len(results) < len(tickets):
+                try:
+                    i, event = events.get(timeout=0.5)  # a timeout keeps Ctrl-C responsive
+                except queue.Empty:
+                    continue
+                if isinstance(event, Failed):
+                    raise event.error
+                if isinstance(event, Done):
+                    results[i] = event.result
+                    tokens[i] = tickets[i].state.config.max_new_tokens
+                else:
+                    tokens[i] = event.tokens
                 if bar is not None:
-                    bar.n = update.tokens
+                    bar.n = min(tokens)
                     bar.refresh()
-        except StopIteration as stop:
-            return stop.value
+            return [results[i] for i in range(len(tickets))]
         finally:
+            for t in tickets:  # on error or interrupt, free the rest at once
+                t.cancel()
             if bar is not None:
                 bar.close()
 
@@ -115,10 +167,13 @@ class Engine:
         """Yield text as it becomes final (the part every surviving beam agrees on).
 
         The chunks concatenate to ``search(...).text``. The final :class:`SearchResult` is the
-        generator's return value (``StopIteration.value``); :meth:`stream_events` gives both.
+        iterator's return value (``StopIteration.value``); :meth:`stream_events` gives both.
+        Closing the iterator (or dropping it) cancels the search at its next step.
         """
-        # Validate now, so bad input raises at the call, before the caller starts iterating.
-        return _deltas(self._start([prompt], rewards, config, None, overrides))
+        # Validate and submit now: bad input raises at the call, and the search starts at once.
+        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        ticket = self._submit([prompt], rewards, config, overrides, [events.put])[0]
+        return _TextStream(ticket, events)
 
     def stream_events(self, prompt: Prompt, rewards: RewardSpec | None = None,
                       config: SearchConfig | dict[str, Any] | None = None,
@@ -130,72 +185,117 @@ class Engine:
                 yield next(gen)
         except StopIteration as stop:
             yield stop.value
+        finally:
+            gen.close()
 
     # ---- async twins -------------------------------------------------------------------------------
     async def asearch(self, prompt: Prompt, rewards: RewardSpec | None = None,
                       config: SearchConfig | dict[str, Any] | None = None, **overrides: Any) -> SearchResult:
-        """Async :meth:`search`: runs in a worker thread; cancelling the task stops the search."""
+        """Async :meth:`search`: the loop stays free; cancelling the task cancels the search."""
         return (await self.asearch_batch([prompt], rewards, config, **overrides))[0]
 
     async def asearch_batch(self, prompts: Sequence[Prompt], rewards: RewardSpec | None = None,
                             config: SearchConfig | dict[str, Any] | None = None,
                             **overrides: Any) -> list[SearchResult]:
-        cancel = threading.Event()
+        if isinstance(prompts, str):
+            raise ConfigError("asearch_batch takes a list of prompts; use asearch() for one prompt")
+        prompts = list(prompts)
+        events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        sink = _loop_sink(events)
+        tickets = self._submit(prompts, rewards, config, overrides,
+                               [lambda e, i=i: sink((i, e)) for i in range(len(prompts))])
+        results: dict[int, SearchResult] = {}
         try:
-            return await asyncio.to_thread(self.search_batch, prompts, rewards, config,
-                                           cancel=cancel, **overrides)
-        except asyncio.CancelledError:
-            cancel.set()  # the worker thread stops at its next step
-            raise
+            while len(results) < len(tickets):
+                i, event = await events.get()
+                if isinstance(event, Failed):
+                    raise event.error
+                if isinstance(event, Done):
+                    results[i] = event.result
+            return [results[i] for i in range(len(tickets))]
+        finally:  # also on CancelledError: the rows are freed at the next step
+            for t in tickets:
+                t.cancel()
 
     async def astream(self, prompt: Prompt, rewards: RewardSpec | None = None,
                       config: SearchConfig | dict[str, Any] | None = None,
                       **overrides: Any) -> AsyncIterator[str]:
-        """Async :meth:`stream`; each step runs in a worker thread, so the event loop stays free."""
-        async for item in self.astream_events(prompt, rewards, config, **overrides):
-            if isinstance(item, str):
-                yield item
+        """Async :meth:`stream`; stopping the iteration (or cancelling the task) cancels the search."""
+        events = self.astream_events(prompt, rewards, config, **overrides)
+        try:
+            async for item in events:
+                if isinstance(item, str):
+                    yield item
+        finally:  # close the inner stream now (not whenever it is collected): that cancels the search
+            await events.aclose()
 
     async def astream_events(self, prompt: Prompt, rewards: RewardSpec | None = None,
                              config: SearchConfig | dict[str, Any] | None = None,
                              **overrides: Any) -> AsyncIterator[str | SearchResult]:
-        # Build (and validate) in the caller so bad input raises before the first await.
-        gen = self._start([prompt], rewards, config, None, overrides)
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        ticket = self._submit([prompt], rewards, config, overrides, [_loop_sink(events)])[0]
         try:
             while True:
-                update = await asyncio.to_thread(_next_or_sentinel, gen)
-                if isinstance(update, _Done):
-                    yield update.value[0]
+                event = await events.get()
+                if isinstance(event, Failed):
+                    raise event.error
+                if isinstance(event, Done):
+                    yield event.result
                     return
-                if update.deltas[0]:
-                    yield update.deltas[0]
+                if event.text:
+                    yield event.text
         finally:
-            gen.close()
+            ticket.cancel()
 
 
-def _deltas(gen) -> Iterator[str]:
-    """Text deltas of prompt 0 from a search generator; returns its SearchResult."""
-    try:
-        while True:
-            update = next(gen)
-            if update.deltas[0]:
-                yield update.deltas[0]
-    except StopIteration as stop:
-        return stop.value[0]
-    finally:
-        gen.close()
+class _TextStream(Iterator[str]):
+    """A ticket's text deltas as an iterator; ``StopIteration.value`` is the result.
+
+    A class, not a generator: a generator that was never started runs no ``finally`` on close, and
+    an abandoned stream must still cancel its search.
+    """
+
+    def __init__(self, ticket: Ticket, events: queue.SimpleQueue) -> None:
+        self._ticket, self._events = ticket, events
+        self._result: SearchResult | None = None
+        self._closed = False
+
+    def __iter__(self) -> _TextStream:
+        return self
+
+    def __next__(self) -> str:
+        while not self._closed:
+            event = self._events.get()
+            if isinstance(event, Failed):
+                self._closed = True
+                raise event.error
+            if isinstance(event, Done):
+                self._closed, self._result = True, event.result
+                break
+            if event.text:
+                return event.text
+        raise StopIteration(self._result)
+
+    def close(self) -> None:
+        """Stop reading: the search is cancelled at its next step and its rows are freed."""
+        self._closed = True
+        self._ticket.cancel()
+
+    def __del__(self) -> None:
+        self._ticket.cancel()
 
 
-class _Done:
-    def __init__(self, value: Any) -> None:
-        self.value = value
+def _loop_sink(events: asyncio.Queue) -> Callable[[Any], None]:
+    """A sink the worker thread can call: hands each event to the running loop's queue."""
+    loop = asyncio.get_running_loop()
 
+    def sink(event: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
 
-def _next_or_sentinel(gen) -> StepUpdate | _Done:
-    try:
-        return next(gen)
-    except StopIteration as stop:
-        return _Done(stop.value)
+    return sink
 
 
 def _progress_bar(enabled: bool, total: int):

@@ -1,39 +1,119 @@
 """Row-wise operations on a transformers ``DynamicCache`` (the search's KV memory).
 
 The search keeps one cache row per live hypothesis. Expanding a beam into its candidates selects
-(copies) rows; committing tokens crops the sequence dimension back to the committed length. Both
-work on every layer's key/value tensors directly, so no prefix is ever recomputed.
+(copies) rows; committing tokens crops the sequence dimension back to the committed length. Several
+requests share one forward by left-padding their caches to a common length and stacking their rows
+(:func:`merge_expanded`); each request later takes its own rows back out (:func:`take`). All of it
+works on every layer's key/value tensors directly, so no prefix is ever recomputed.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Sequence
 
 import torch
 
 
+def _filled(layer) -> bool:
+    return getattr(layer, "is_initialized", True) and layer.keys is not None and layer.keys.numel() > 0
+
+
+def _with_layers(template, layers: list):
+    new = copy.copy(template)
+    new.layers = layers
+    return new
+
+
 def select_rows(cache, index: torch.Tensor):
     """A new cache holding ``cache``'s rows ``index`` (may repeat rows); ``cache`` is untouched."""
-    new = copy.copy(cache)
-    new.layers = []
+    layers = []
     for layer in cache.layers:
         twin = copy.copy(layer)
-        if getattr(layer, "is_initialized", True) and layer.keys is not None and layer.keys.numel():
+        if _filled(layer):
             idx = index.to(layer.keys.device)
             twin.keys = layer.keys.index_select(0, idx)
             twin.values = layer.values.index_select(0, idx)
-        new.layers.append(twin)
-    return new
+        layers.append(twin)
+    return _with_layers(cache, layers)
 
 
 def crop(cache, length: int):
     """Keep the first ``length`` positions of every layer (in place); returns ``cache``."""
     for layer in cache.layers:
-        if getattr(layer, "is_initialized", True) and layer.keys is not None and layer.keys.numel():
-            if layer.keys.shape[-2] > length:
-                layer.keys = layer.keys[..., :length, :]
-                layer.values = layer.values[..., :length, :]
+        if _filled(layer) and layer.keys.shape[-2] > length:
+            layer.keys = layer.keys[..., :length, :]
+            layer.values = layer.values[..., :length, :]
     return cache
+
+
+def take(cache, rows: torch.Tensor, start: int, end: int):
+    """A new, compact cache: rows ``rows`` and positions ``start:end`` of ``cache`` (untouched).
+
+    Used to pull one request's surviving rows out of a shared batch, dropping the left padding other
+    requests needed and the rollout positions past what the request committed.
+    """
+    layers = []
+    for layer in cache.layers:
+        twin = copy.copy(layer)
+        if _filled(layer):
+            idx = rows.to(layer.keys.device)
+            # index_select of the narrowed view copies only what is kept (and returns it contiguous).
+            twin.keys = layer.keys[..., start:end, :].index_select(0, idx)
+            twin.values = layer.values[..., start:end, :].index_select(0, idx)
+        layers.append(twin)
+    return _with_layers(cache, layers)
+
+
+def merge_expanded(parts: Sequence[tuple[object, int]], width: int):
+    """One cache for a shared forward: each ``(cache, k)`` part's rows repeated ``k`` times each
+    (beam -> its k candidates), left-padded with zeros to ``width`` positions, stacked in order.
+
+    Each part must be compact (no padding of its own) and at most ``width`` long. Zeros, not
+    garbage, fill the padding: masked positions still enter the attention product, and a NaN there
+    would poison the row. With one part of full width this is exactly ``select_rows`` of the
+    expanded parent index, so a request alone computes what it always did.
+    """
+    template = parts[0][0]
+    n_rows = sum(c.layers[0].keys.shape[0] * k for c, k in parts)
+    layers = []
+    for i, layer in enumerate(template.layers):
+        twin = copy.copy(layer)
+        if _filled(layer):
+            heads, dim = layer.keys.shape[1], layer.keys.shape[-1]
+            shape = (n_rows, heads, width, dim)
+            keys = layer.keys.new_zeros(shape)
+            values = layer.values.new_zeros(shape)
+            r0 = 0
+            for cache, k in parts:
+                src_k, src_v = cache.layers[i].keys, cache.layers[i].values
+                beams, length = src_k.shape[0], src_k.shape[-2]
+                r1 = r0 + beams * k
+                # A broadcasting copy writes each beam k times with no intermediate tensor.
+                keys[r0:r1].view(beams, k, heads, width, dim)[..., width - length:, :].copy_(src_k[:, None])
+                values[r0:r1].view(beams, k, heads, width, dim)[..., width - length:, :].copy_(src_v[:, None])
+                r0 = r1
+            twin.keys, twin.values = keys, values
+        layers.append(twin)
+    return _with_layers(template, layers)
+
+
+def cache_bytes(caches: Iterable[object]) -> int:
+    """Bytes held by the key/value tensors of ``caches`` (each distinct storage counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for cache in caches:
+        if cache is None:
+            continue
+        for layer in cache.layers:
+            if not _filled(layer):
+                continue
+            for t in (layer.keys, layer.values):
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    total += storage.nbytes()
+    return total
 
 
 def seq_length(cache) -> int:

@@ -16,9 +16,14 @@ Decoding is a search over continuations. At every step:
 A hypothesis finishes at EOS, at a stop string (cut from its text) or at ``max_new_tokens``; a prompt
 is done when every survivor has finished, and its answer is the best-scoring survivor.
 
-``run_search`` is a generator: it yields a :class:`StepUpdate` after every step (what streaming
-needs) and returns the list of :class:`SearchResult`. ``reference.py`` is the same method written
-the slow, obvious way; tests hold the two to the same output.
+Each request's search is a :class:`SearchState` (its prompt, settings, rewards, beams, KV cache,
+statistics, trace). :func:`forward` runs steps 1-2 for a *list* of states in shared batched forwards
+-- the states may come from different callers, with different lengths and settings;
+:meth:`SearchState.finish_step` runs steps 3-6 for one state alone, so one request's reward cannot
+disturb another's. ``scheduler.py`` drives many callers' states this way; :func:`run_search` drives
+one caller's prompts in the caller's thread (a generator: a :class:`StepUpdate` after every step,
+then the list of :class:`SearchResult`). ``reference.py`` is the same method written the slow,
+obvious way; tests hold the two to the same output.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from transformers import DynamicCache
 
 from .config import SearchConfig
 from .errors import SearchCancelled, SearchTimeout
-from .kv import crop, select_rows
+from .kv import merge_expanded, take
 from .result import FinishReason, SearchResult, SearchStats, TraceCandidate, TraceStep
 from .rewards import RewardSet
 
@@ -174,6 +179,248 @@ def make_candidate(dec: _Decoder, eos: set[int], beam: _Hyp, row: list[int], row
     return hyp, rollout_text, new, new_lp
 
 
+# ---- One request's search -----------------------------------------------------------------------
+
+@dataclass
+class _Pending:
+    """A step between its forward and its selection: the candidates' rollouts and where their KV
+    cache lives (rows ``r0:r1``, positions from ``col0``, of a forward shared with other requests)."""
+
+    commit: int
+    look: int
+    k: int
+    n_forward: int
+    first_ids: torch.Tensor
+    first_lp: torch.Tensor
+    seq: list[list[int]] = field(default_factory=list)
+    seq_lp: list[list[float]] = field(default_factory=list)
+    cache: object | None = None
+    r0: int = 0
+    col0: int = 0
+    next_lp: torch.Tensor | None = None  # the distribution after the committed tokens, per row
+
+
+class SearchState:
+    """One request's search: its prompt, settings, rewards, beams, KV cache, statistics and trace.
+
+    Life cycle: :func:`prefill` (with other new states), then per step :func:`forward` (in one batch
+    with any other live states) and :meth:`finish_step` (this request alone: rewards, selection,
+    commit) until :attr:`result` is set. ``finish_step`` touches nothing outside the state, so it may
+    run in any thread, and a reward that raises fails this request only.
+
+    The beams of one request always have the same length, so its cache needs no padding: it is
+    ``length`` positions wide, one row per live beam.
+    """
+
+    def __init__(self, prompt: PreparedPrompt, rewards: RewardSet, config: SearchConfig, tokenizer,
+                 eos: set[int], *, t0: float | None = None) -> None:
+        self.prompt, self.rewards, self.config = prompt, rewards, config
+        self.dec = _Decoder(tokenizer, config.stop)
+        self.eos = eos
+        self.t0 = time.perf_counter() if t0 is None else t0
+        self.deadline = self.t0 + config.timeout if config.timeout else None
+        self.stats = SearchStats()
+        self.trace: list[TraceStep] = []
+        self.scored: dict[str, tuple[float, ...]] = {}  # rollout text -> reward values
+        no_rewards = tuple(0.0 for _ in rewards.items)
+        self.live: list[_Hyp] = [_Hyp([], "", 0.0, 0.0, no_rewards)]
+        self.finished: list[_Hyp] = []  # finished hypotheses still in the beam
+        self.cache = None
+        self.length = len(prompt.input_ids)  # KV positions of every live beam
+        self.next_lp: torch.Tensor | None = None  # [live beams, vocab]
+        self.pending: _Pending | None = None
+        self.step = 0
+        self.emitted = ""
+        self.result: SearchResult | None = None
+
+    @property
+    def generated(self) -> int:
+        """Tokens committed by every live beam (the config's max once the search is over)."""
+        return len(self.live[0].tokens) if self.live else self.config.max_new_tokens
+
+    @property
+    def max_rows(self) -> int:
+        """The most forward rows one step of this search can take (beam_width x top_k)."""
+        return self.config.beam_width * self.config.top_k
+
+    def timed_out(self, now: float | None = None) -> SearchTimeout | None:
+        if self.deadline is not None and (now or time.perf_counter()) > self.deadline:
+            return SearchTimeout(f"search exceeded timeout={self.config.timeout}s after {self.step} steps")
+        return None
+
+    def caches(self) -> list[object]:
+        """The KV caches this state keeps alive (a pending step's may be shared with others)."""
+        return [c for c in (self.cache, self.pending.cache if self.pending else None) if c is not None]
+
+    def release(self) -> None:
+        """Drop every tensor (finished, failed or cancelled): its memory goes back at once."""
+        self.cache = self.next_lp = self.pending = None
+
+    def finish_step(self) -> str:
+        """Candidates -> rewards -> selection -> commit, after :func:`forward`. Returns the new text
+        that can no longer change (for streaming); sets :attr:`result` when the search is over."""
+        p, config, rewards, dec = self.pending, self.config, self.rewards, self.dec
+        assert p is not None, "finish_step() needs forward() first"
+        k, n_rows = p.k, len(self.live) * p.k
+
+        # ---- 3. Build candidates: committed tokens, finish state, and the text rewards see. --------
+        cands = [make_candidate(dec, self.eos, self.live[n // k], p.seq[n], p.seq_lp[n], p.commit, p.look,
+                                config.max_new_tokens)
+                 for n in range(n_rows)]  # (hyp, rollout text, new tokens, their log-prob)
+
+        # ---- 4. Score: each reward once per step, on texts not seen before. ------------------------
+        if rewards:
+            fresh = list(dict.fromkeys(r for _, r, _, _ in cands if r not in self.scored))
+            self.stats.cache_hits += n_rows - len(fresh)
+            if fresh:
+                for text, values in zip(fresh, rewards.evaluate(self.prompt.reward_prompt, fresh)):
+                    self.scored[text] = values
+                self.stats.reward_calls += len(rewards)
+                self.stats.candidates_scored += len(fresh)
+        for hyp, rollout_text, _, _ in cands:
+            set_score(hyp, self.scored[rollout_text] if rewards else hyp.values, rewards, config)
+
+        # ---- 5. Select: the best beam_width of new candidates and finished survivors. --------------
+        pool: list[tuple[_Hyp, int | None]] = [(h, None) for h in self.finished]
+        pool += [(cands[n][0], n) for n in range(n_rows)]
+        chosen = select(pool, lambda e: (e[0].score, e[0].logprob), config.beam_width)
+        if config.trace:
+            tcands = [
+                TraceCandidate(
+                    beam=n // k, token_ids=new, token_text=dec.decode(new), logprob=new_lp,
+                    cumulative_logprob=hyp.logprob, rewards=dict(zip(rewards.names, hyp.values)),
+                    score=hyp.score, rollout_text=rollout_text, finished=hyp.finish is not None,
+                )
+                for n, (hyp, rollout_text, new, new_lp) in enumerate(cands)
+            ]
+        survivors = [pool[i] for i in chosen]
+        self.finished = [h for h, n in survivors if n is None or h.finish is not None]
+        live: list[_Hyp] = []
+        keep_rows: list[int] = []
+        for h, n in survivors:
+            if n is None:
+                continue
+            h.path = h.path + [n]
+            if config.trace:
+                tcands[n].survived = True
+            if h.finish is None:
+                live.append(h)
+                keep_rows.append(n)
+        if config.trace:
+            self.trace.append(TraceStep(step=self.step, candidates=tcands,
+                                        survivors=sorted(n for _, n in survivors if n is not None)))
+        self.stats.steps += 1
+
+        # ---- 6. Commit: survivors keep their rollout's KV cache, cropped to what they committed. ---
+        if keep_rows:
+            idx = torch.tensor(keep_rows)
+            self.cache = take(p.cache, idx + p.r0, p.col0, p.col0 + self.length + p.commit)
+            self.length += p.commit
+            self.next_lp = p.next_lp[idx.to(p.next_lp.device)]
+        else:
+            self.cache = self.next_lp = None
+        self.live = live
+        self.pending = None
+        self.step += 1
+        if not live:
+            best = survivors[0][0]
+            self.stats.wall_seconds = time.perf_counter() - self.t0
+            self.result = SearchResult(
+                text=best.text, token_ids=best.tokens, score=best.score, logprob=best.logprob,
+                reward_scores=dict(zip(rewards.names, best.values)),
+                finish_reason=best.finish or "length", stats=self.stats, trace=self.trace, path=best.path,
+            )
+
+        # Stream only what every surviving hypothesis agrees on.
+        if self.result is not None:
+            stable = self.result.text
+        else:
+            stable = _common_prefix([dec.stable(h) for h in self.live + self.finished])
+        delta = stable[len(self.emitted):] if stable.startswith(self.emitted) else ""
+        self.emitted += delta
+        return delta
+
+
+# ---- Batched model work over several states -----------------------------------------------------
+
+def prefill(model, states: Sequence[SearchState], pad_id: int) -> None:
+    """Run every new state's prompt in one left-padded forward; each keeps its own compact cache."""
+    device = next(model.parameters()).device
+    ids, attn = left_pad([s.prompt.input_ids for s in states], pad_id, device)
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=attn, position_ids=_positions(attn),
+                    past_key_values=cache, use_cache=True)
+    width = ids.shape[1]
+    for i, s in enumerate(states):
+        s.cache = take(cache, torch.tensor([i]), width - s.length, width)
+        s.next_lp = torch.log_softmax(out.logits[i: i + 1, -1].float(), dim=-1)
+        s.stats.lm_forward_passes += 1
+        s.stats.lm_tokens += s.length
+
+
+def forward(model, states: Sequence[SearchState]) -> None:
+    """Steps 1-2 for all ``states`` at once: propose top-k tokens per live beam, then roll every
+    candidate out in one batched forward per lookahead position.
+
+    Requests of different lengths are left-padded to a common width (attention mask and position
+    ids keep each row exact); requests that need fewer forwards than others (shorter lookahead,
+    nearer their end) simply ignore the extra positions. Leaves each state's ``pending`` step.
+    """
+    device = next(model.parameters()).device
+    for s in states:
+        commit, look, n_forward = step_plan(s.config, s.generated)
+        k = min(s.config.top_k, s.next_lp.shape[-1])
+        top_lp, top_ids = s.next_lp.topk(k, dim=-1)
+        s.pending = _Pending(commit, look, k, n_forward, top_ids.reshape(-1), top_lp.reshape(-1))
+        if not n_forward:  # the last token: nothing to roll out, no cache needed after it
+            s.pending.seq = [[t] for t in s.pending.first_ids.tolist()]
+            s.pending.seq_lp = [[v] for v in s.pending.first_lp.tolist()]
+    rolled = [s for s in states if s.pending.n_forward]
+    if not rolled:
+        return
+    n_forward = max(s.pending.n_forward for s in rolled)
+    width = max(s.length for s in rolled)
+    spans, r0 = [], 0
+    for s in rolled:
+        spans.append((s, r0, r0 + len(s.live) * s.pending.k))
+        r0 += len(s.live) * s.pending.k
+    n_rows = r0
+    cache = merge_expanded([(s.cache, s.pending.k) for s in rolled], width)
+    attn = torch.zeros((n_rows, width), dtype=torch.long, device=device)
+    pos = torch.empty((n_rows,), dtype=torch.long, device=device)
+    for s, a, b in spans:
+        attn[a:b, width - s.length:] = 1
+        pos[a:b] = s.length
+        # The merged cache holds a copy: free the old one now (and count the new one as the state's).
+        s.cache, s.pending.cache = None, cache
+    seq = torch.empty((n_rows, n_forward + 1), dtype=torch.long, device=device)
+    seq_lp = torch.zeros((n_rows, n_forward + 1), dtype=torch.float32, device=device)
+    seq[:, 0] = torch.cat([s.pending.first_ids for s in rolled])
+    seq_lp[:, 0] = torch.cat([s.pending.first_lp for s in rolled])
+    with torch.inference_mode():
+        for j in range(n_forward):
+            attn = torch.cat([attn, attn.new_ones((n_rows, 1))], dim=-1)
+            out = model(input_ids=seq[:, j: j + 1], attention_mask=attn, position_ids=(pos + j).unsqueeze(-1),
+                        past_key_values=cache, use_cache=True)
+            lp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+            best = lp.argmax(-1)
+            seq[:, j + 1], seq_lp[:, j + 1] = best, lp.gather(-1, best[:, None]).squeeze(-1)
+            for s, a, b in spans:
+                if j == s.pending.commit - 1:
+                    s.pending.next_lp = lp[a:b]
+    seq_list, seq_lp_list = seq.tolist(), seq_lp.tolist()
+    for s, a, b in spans:
+        p = s.pending
+        p.seq = [row[: p.n_forward + 1] for row in seq_list[a:b]]
+        p.seq_lp = [row[: p.n_forward + 1] for row in seq_lp_list[a:b]]
+        p.cache, p.r0, p.col0 = cache, a, width - s.length
+        s.stats.lm_forward_passes += p.n_forward
+        s.stats.lm_tokens += (b - a) * p.n_forward
+
+
+# ---- The search in the caller's thread ----------------------------------------------------------
+
 def run_search(
     model,
     tokenizer,
@@ -183,170 +430,33 @@ def run_search(
     *,
     cancel: threading.Event | None = None,
 ) -> Generator[StepUpdate, None, list[SearchResult]]:
+    """Search ``prompts`` together in this thread, step by step (the engine's scheduler does the
+    same work for many callers at once). Yields a :class:`StepUpdate` per step; returns the results."""
     t0 = time.perf_counter()
-    deadline = t0 + config.timeout if config.timeout else None
     if config.seed is not None:
         torch.manual_seed(config.seed)
-    device = next(model.parameters()).device
-    dec = _Decoder(tokenizer, config.stop)
     eos = eos_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
-    n_prompts = len(prompts)
-    stats = [SearchStats() for _ in range(n_prompts)]
-    traces: list[list[TraceStep]] = [[] for _ in range(n_prompts)]
-    scored: list[dict[str, tuple[float, ...]]] = [{} for _ in range(n_prompts)]  # text -> values
-    results: list[SearchResult | None] = [None] * n_prompts
-    emitted = [""] * n_prompts
-
-    # ---- Prefill: every prompt in one left-padded forward; row i is prompt i's only beam. ----------
-    ids, attn = left_pad([p.input_ids for p in prompts], pad_id, device)
-    cache = DynamicCache(config=model.config)
-    with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=attn, position_ids=_positions(attn),
-                    past_key_values=cache, use_cache=True)
-    next_lp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-    n_real = attn.sum(-1)  # real (unpadded) tokens per row: the next position id
-    for p, prompt in enumerate(prompts):
-        stats[p].lm_forward_passes += 1
-        stats[p].lm_tokens += len(prompt.input_ids)
-    no_rewards = tuple(0.0 for _ in rewards.items)
-    live: list[tuple[int, _Hyp]] = [(p, _Hyp([], "", 0.0, 0.0, no_rewards)) for p in range(n_prompts)]
-    finished: list[list[_Hyp]] = [[] for _ in range(n_prompts)]  # finished hyps still in the beam
+    states = [SearchState(p, rewards, config, tokenizer, eos, t0=t0) for p in prompts]
+    prefill(model, states, pad_token_id(tokenizer, eos))
     step = 0
-
-    while live:
+    while True:
+        live = [s for s in states if s.result is None]
+        if not live:
+            return [s.result for s in states]
         if cancel is not None and cancel.is_set():
             raise SearchCancelled("the search was cancelled by its caller")
-        if deadline is not None and time.perf_counter() > deadline:
-            raise SearchTimeout(f"search exceeded timeout={config.timeout}s after {step} steps")
-
-        # Every live beam has generated the same number of tokens: all commit c per step.
-        commit, look, n_forward = step_plan(config, len(live[0][1].tokens))
-
-        # ---- 1. Propose: top-k next tokens of every live beam. -------------------------------------
-        k = min(config.top_k, next_lp.shape[-1])
-        top_lp, top_ids = next_lp.topk(k, dim=-1)
-        n_rows = len(live) * k
-        parent = torch.arange(len(live), device=device).repeat_interleave(k)
-        seq = torch.empty((n_rows, n_forward + 1), dtype=torch.long, device=device)
-        seq_lp = torch.zeros((n_rows, n_forward + 1), dtype=torch.float32, device=device)
-        seq[:, 0], seq_lp[:, 0] = top_ids.reshape(-1), top_lp.reshape(-1)
-
-        # ---- 2. Roll out: one batched forward per lookahead position, from the beams' caches. ------
-        rows_of = [0] * n_prompts
-        for p, _ in live:
-            rows_of[p] += k
-        if n_forward:
-            c_cache = select_rows(cache, parent)
-            c_attn, c_pos = attn[parent], n_real[parent]
-            with torch.inference_mode():
-                for j in range(n_forward):
-                    c_attn = torch.cat([c_attn, c_attn.new_ones((n_rows, 1))], dim=-1)
-                    out = model(input_ids=seq[:, j: j + 1], attention_mask=c_attn,
-                                position_ids=(c_pos + j).unsqueeze(-1), past_key_values=c_cache,
-                                use_cache=True)
-                    lp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-                    best = lp.argmax(-1)
-                    seq[:, j + 1], seq_lp[:, j + 1] = best, lp.gather(-1, best[:, None]).squeeze(-1)
-                    if j == commit - 1:
-                        committed_next_lp = lp  # the distribution after the committed tokens
-            for p in range(n_prompts):
-                if rows_of[p]:
-                    stats[p].lm_forward_passes += n_forward
-                    stats[p].lm_tokens += rows_of[p] * n_forward
-
-        # ---- 3. Build candidates: committed tokens, finish state, and the text rewards see. --------
-        seq_list, seq_lp_list = seq.tolist(), seq_lp.tolist()
-        cands = [(live[n // k][0], *make_candidate(dec, eos, live[n // k][1], seq_list[n], seq_lp_list[n],
-                                                   commit, look, config.max_new_tokens))
-                 for n in range(n_rows)]  # (prompt, hyp, rollout text, new tokens, their log-prob)
-
-        # ---- 4. Score: each reward once per prompt per step, on texts not seen before. -------------
-        if rewards:
-            for p in range(n_prompts):
-                fresh = list(dict.fromkeys(r for q, _, r, _, _ in cands if q == p and r not in scored[p]))
-                stats[p].cache_hits += sum(1 for q, _, r, _, _ in cands if q == p) - len(fresh)
-                if fresh:
-                    for text, values in zip(fresh, rewards.evaluate(prompts[p].reward_prompt, fresh)):
-                        scored[p][text] = values
-                    stats[p].reward_calls += len(rewards)
-                    stats[p].candidates_scored += len(fresh)
-        for p, hyp, rollout_text, _, _ in cands:
-            set_score(hyp, scored[p][rollout_text] if rewards else hyp.values, rewards, config)
-
-        # ---- 5. Select: per prompt, the best beam_width of new candidates and finished survivors. --
-        new_live: list[tuple[int, _Hyp]] = []
-        keep_rows: list[int] = []
-        for p in range(n_prompts):
-            mine = [n for n in range(n_rows) if cands[n][0] == p]
-            if not mine:
-                continue
-            pool: list[tuple[_Hyp, int | None]] = [(h, None) for h in finished[p]]
-            pool += [(cands[n][1], n) for n in mine]
-            chosen = select(pool, lambda e: (e[0].score, e[0].logprob), config.beam_width)
-            if config.trace:
-                tcands = [
-                    TraceCandidate(
-                        beam=(n - mine[0]) // k,
-                        token_ids=cands[n][3], token_text=dec.decode(cands[n][3]),
-                        logprob=cands[n][4], cumulative_logprob=cands[n][1].logprob,
-                        rewards=dict(zip(rewards.names, cands[n][1].values)),
-                        score=cands[n][1].score, rollout_text=cands[n][2],
-                        finished=cands[n][1].finish is not None,
-                    )
-                    for n in mine
-                ]
-            survivors = [pool[i] for i in chosen]
-            finished[p] = [h for h, n in survivors if n is None or h.finish is not None]
-            for h, n in survivors:
-                if n is None:
-                    continue
-                h.path = h.path + [mine.index(n)]
-                if config.trace:
-                    tcands[mine.index(n)].survived = True
-                if h.finish is None:
-                    new_live.append((p, h))
-                    keep_rows.append(n)
-            if config.trace:
-                traces[p].append(TraceStep(step=step, candidates=tcands,
-                                           survivors=sorted(mine.index(n) for _, n in survivors
-                                                            if n is not None)))
-            stats[p].steps += 1
-            if not any(q == p for q, _ in new_live):
-                best = survivors[0][0]
-                stats[p].wall_seconds = time.perf_counter() - t0
-                results[p] = SearchResult(
-                    text=best.text, token_ids=best.tokens, score=best.score, logprob=best.logprob,
-                    reward_scores=dict(zip(rewards.names, best.values)),
-                    finish_reason=best.finish or "length", stats=stats[p],
-                    trace=traces[p], path=best.path,
-                )
-
-        # ---- 6. Commit: survivors keep their rollout's KV cache, cropped to what they committed. ---
-        if keep_rows:
-            idx = torch.tensor(keep_rows, device=device)
-            width = attn.shape[1] + commit
-            cache = crop(select_rows(c_cache, idx), width)
-            attn = c_attn[idx, :width]
-            n_real = c_pos[idx] + commit
-            next_lp = committed_next_lp[idx]
-        live = new_live
+        if (late := live[0].timed_out()) is not None:
+            raise late
+        forward(model, live)
+        deltas = {id(s): s.finish_step() for s in live}
         step += 1
+        yield StepUpdate(step=step, deltas=[deltas.get(id(s), "") for s in states],
+                         done=[s.result is not None for s in states],
+                         tokens=min(s.generated for s in states))
 
-        deltas = []
-        for p in range(n_prompts):
-            if results[p] is not None:
-                stable = results[p].text
-            else:
-                beam = [h for q, h in live if q == p] + finished[p]
-                stable = _common_prefix([dec.stable(h) for h in beam])
-            delta = stable[len(emitted[p]):] if stable.startswith(emitted[p]) else ""
-            emitted[p] += delta
-            deltas.append(delta)
-        yield StepUpdate(step=step, deltas=deltas, done=[r is not None for r in results],
-                         tokens=len(live[0][1].tokens) if live else config.max_new_tokens)
 
-    return [r for r in results if r is not None]
+def pad_token_id(tokenizer, eos: set[int]) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
 
 
 def _positions(attn: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,411 @@
+"""Continuous batching: one worker per engine runs every caller's search steps in shared forwards.
+
+Callers (sync, async, streaming; any thread) submit :class:`Ticket`s, one per prompt. The worker
+loops:
+
+1. **settle** -- deliver each request's finished step (a text delta, then its result or its error),
+   and retire requests that are done, failed, cancelled or past their ``timeout``; a retired
+   request's KV cache is freed at once;
+2. **admit** queued requests, first come first served, while the rows they may need
+   (``beam_width x top_k`` each) fit under ``max_batch_rows``; prefill them in one forward;
+3. **forward** -- one :func:`~deal_core.search.forward` over every request that is ready: their
+   candidates' rollouts run as one batch per lookahead position, whatever their lengths and settings;
+4. **finish** -- hand each request's rewards, selection and commit
+   (:meth:`~deal_core.search.SearchState.finish_step`) to a helper thread, so a slow, hanging or
+   failing reward holds up and fails only its own request.
+
+A request whose step work is still running when the others are ready again is waited for during a
+short grace (one forward's time), which keeps batches full when rewards are fast; after it, the
+others go on without it (and never wait for it again until it is back in step) and it joins a
+later batch. Results are the same as running alone: each
+request's decisions depend only on its own rows (padding is masked out).
+"""
+
+from __future__ import annotations
+
+import atexit
+import queue
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+from pydantic import BaseModel
+
+from .config import SearchConfig
+from .errors import ConfigError, SearchCancelled
+from .kv import cache_bytes
+from .result import SearchResult
+from .rewards import RewardSet
+from .search import PreparedPrompt, SearchState, eos_token_ids, forward, pad_token_id, prefill
+
+# ---- What a caller receives -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Text that became final in one step (may be empty), and the tokens committed so far."""
+
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Done:
+    result: SearchResult
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: BaseException
+
+
+Event = Union[Delta, Done, Failed]
+
+
+class Ticket:
+    """A caller's handle on one submitted search. Events go to ``sink`` (called from the worker
+    thread; it must not block). :meth:`cancel` stops the search at the next step and frees its rows.
+    """
+
+    def __init__(self, state: SearchState, sink: Callable[[Event], None],
+                 cancel: threading.Event | None = None) -> None:
+        self.state = state
+        self._sink = sink
+        self._external = cancel
+        self._cancelled = False
+        self._scheduler: Scheduler | None = None
+        # queued -> prefill -> ready -> forward -> scoring -> scored -> ready ... -> done | failed.
+        # Only the worker changes it, except scoring -> scored (the helper that did the step).
+        self.phase = "queued"
+        self._outcome: tuple[bool, object] | None = None  # (ok, delta or exception) from the helper
+        self._batch = -1  # the scheduler's forward count when this request's last step ran
+
+    def cancel(self) -> None:
+        """Stop this search at the next step (no-op once it is over)."""
+        self._cancelled = True
+        if self._scheduler is not None:
+            self._scheduler.wake()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled or (self._external is not None and self._external.is_set())
+
+    @property
+    def over(self) -> bool:
+        return self.phase in ("done", "failed")
+
+    def _emit(self, event: Event) -> None:
+        try:
+            self._sink(event)
+        except Exception:  # a caller that went away (closed event loop ...) must not stop the worker
+            pass
+
+
+class SchedulerStats(BaseModel):
+    """A snapshot of the scheduler: what is running now, and the work done since it was created."""
+
+    queued: int
+    live: int
+    rows_reserved: int
+    max_batch_rows: int
+    cache_bytes: int
+    forwards: int
+    rows_forwarded: int
+    max_rows_forwarded: int
+    prefills: int
+    completed: int
+    failed: int
+
+    @property
+    def mean_rows(self) -> float:
+        """Average requests' candidate rows per shared step (how well steps were batched)."""
+        return self.rows_forwarded / self.forwards if self.forwards else 0.0
+
+
+# ---- Helper threads for per-request step work -----------------------------------------------------
+
+
+class _Helpers:
+    """Daemon threads for :meth:`SearchState.finish_step`. Daemons, and more of them on demand:
+    a reward that never returns costs one parked thread, never the engine or interpreter exit."""
+
+    idle_exit_s = 30.0
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # waiting threads not yet promised to a submitted job
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            else:
+                threading.Thread(target=self._work, name="deal-step", daemon=True).start()
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=self.idle_exit_s)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle:  # an unpromised waiter: this one may go
+                        self._idle -= 1
+                        return
+                continue  # every waiter is promised to a job that is on its way
+            job()
+            with self._lock:
+                self._idle += 1
+
+
+# ---- The scheduler ----------------------------------------------------------------------------------
+
+
+class Scheduler:
+    """Runs the searches of every caller of one engine in shared batched forwards (see module doc)."""
+
+    #: The worker thread exits after this long with nothing to do (and restarts on the next submit),
+    #: so an engine nobody uses holds no thread.
+    idle_exit_s = 2.0
+    #: Shortest wait for a request whose step work is late, however fast the last forward was.
+    min_grace_s = 0.005
+
+    def __init__(self, model, tokenizer, *, max_batch_rows: int = 128) -> None:
+        if max_batch_rows < 1:
+            raise ConfigError(f"max_batch_rows must be >= 1, got {max_batch_rows}")
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch_rows = max_batch_rows
+        self.eos = eos_token_ids(model, tokenizer)
+        self.pad_id = pad_token_id(tokenizer, self.eos)
+        self._cond = threading.Condition()
+        self._queue: deque[Ticket] = deque()
+        self._active: list[Ticket] = []
+        self._thread: threading.Thread | None = None
+        self._helpers = _Helpers()
+        self._grace_until = 0.0
+        self._closing = False
+        _schedulers.add(self)
+        self._counts = dict(forwards=0, rows_forwarded=0, max_rows_forwarded=0, prefills=0, completed=0,
+                            failed=0)
+
+    # ---- caller side (any thread) ----------------------------------------------------------------
+    def new_state(self, prompt: PreparedPrompt, rewards: RewardSet, config: SearchConfig) -> SearchState:
+        return SearchState(prompt, rewards, config, self.tokenizer, self.eos)
+
+    def check(self, config: SearchConfig) -> None:
+        """Raise :class:`ConfigError` if one request with ``config`` could never be admitted."""
+        rows = config.beam_width * config.top_k
+        if rows > self.max_batch_rows:
+            raise ConfigError(
+                f"beam_width={config.beam_width} x top_k={config.top_k} = {rows} rows per step exceeds "
+                f"this engine's max_batch_rows={self.max_batch_rows}; lower beam_width or top_k, or "
+                f"create the engine with a larger max_batch_rows"
+            )
+
+    def submit(self, tickets: Sequence[Ticket]) -> None:
+        """Queue ``tickets`` (prefilled together when they fit); events then flow to their sinks."""
+        for t in tickets:
+            self.check(t.state.config)
+        with self._cond:
+            if self._closing:
+                raise SearchCancelled("the engine is shutting down")
+            for t in tickets:
+                t._scheduler = self
+                self._queue.append(t)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="deal-scheduler", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        """Cancel every request and stop the worker (after the forward it may be running)."""
+        with self._cond:
+            self._closing = True
+            thread = self._thread
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def stats(self) -> SchedulerStats:
+        with self._cond:
+            caches = [c for t in self._active for c in t.state.caches()]
+            return SchedulerStats(
+                queued=len(self._queue), live=len(self._active),
+                rows_reserved=sum(t.state.max_rows for t in self._active),
+                max_batch_rows=self.max_batch_rows, cache_bytes=cache_bytes(caches), **self._counts,
+            )
+
+    # ---- the worker --------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        idle_since: float | None = None
+        while True:
+            with self._cond:
+                if self._closing:
+                    for t in [*self._queue, *self._active]:
+                        self._fail(t, SearchCancelled("the engine is shutting down"))
+                    self._queue.clear()
+                    self._thread = None
+                    return
+                self._settle()
+                admitted = self._admit()
+                now = time.perf_counter()
+                if not self._active:
+                    idle_since = idle_since or now
+                    if now - idle_since >= self.idle_exit_s:
+                        self._thread = None
+                        return
+                    self._cond.wait(self.idle_exit_s)
+                    continue
+                idle_since = None
+                ready = [t for t in self._active if t.phase == "ready"]
+                # Wait (a grace) only for step work of the last forward: a request that has been
+                # late for longer than that is a straggler, and the others go on without it.
+                late = any(t.phase == "scoring" and t._batch == self._counts["forwards"] for t in self._active)
+                if not admitted and not (ready and (not late or now >= self._grace_until)):
+                    self._cond.wait(self._wait_time(now, bool(ready)))
+                    continue
+                for t in ready:
+                    t.phase = "forward"
+            # Model work runs outside the lock: callers can submit and cancel meanwhile.
+            if admitted:
+                self._prefill(admitted)
+            if ready:
+                self._forward(ready)
+
+    def _settle(self) -> None:
+        """Deliver finished steps; retire finished, failed, cancelled and timed-out requests."""
+        now = time.perf_counter()
+        for t in [t for t in self._queue if t.cancelled or t.state.timed_out(now)]:
+            self._queue.remove(t)
+            self._fail(t, t.state.timed_out(now) or _cancelled())
+        for t in list(self._active):
+            if t.phase == "scored":
+                ok, value = t._outcome
+                t._outcome = None
+                if not ok:
+                    self._fail(t, value)
+                    continue
+                t._emit(Delta(value, t.state.generated))
+                if t.state.result is not None:
+                    self._done(t)
+                    continue
+                t.phase = "ready"
+            if t.phase in ("ready", "scoring"):
+                error = _cancelled() if t.cancelled else t.state.timed_out(now)
+                if error is not None:
+                    self._fail(t, error)
+
+    def _admit(self) -> list[Ticket]:
+        rows = sum(t.state.max_rows for t in self._active)
+        admitted: list[Ticket] = []
+        while self._queue and (rows + self._queue[0].state.max_rows <= self.max_batch_rows
+                               or not self._active):
+            t = self._queue.popleft()
+            rows += t.state.max_rows
+            t.phase = "prefill"
+            self._active.append(t)
+            admitted.append(t)
+        return admitted
+
+    def _wait_time(self, now: float, ready: bool) -> float:
+        waits = [1.0]  # a backstop: nothing below should be missed, but never sleep for long
+        if ready:
+            waits.append(self._grace_until - now)
+        waits += [t.state.deadline - now for t in (*self._active, *self._queue) if t.state.deadline]
+        if any(t._external is not None for t in self._active):
+            waits.append(0.02)  # an external threading.Event cannot wake us: poll it
+        return max(min(waits), 0.0)
+
+    def _prefill(self, tickets: list[Ticket]) -> None:
+        try:
+            for t in tickets:
+                if t.state.config.seed is not None:
+                    torch.manual_seed(t.state.config.seed)
+            prefill(self.model, [t.state for t in tickets], self.pad_id)
+        except Exception as exc:  # the model failed on these prompts: fail them, keep serving others
+            with self._cond:
+                for t in tickets:
+                    self._fail(t, exc)
+            return
+        with self._cond:
+            self._counts["prefills"] += 1
+            for t in tickets:
+                if t.phase == "prefill":
+                    t.phase = "ready"
+
+    def _forward(self, tickets: list[Ticket]) -> None:
+        start = time.perf_counter()
+        try:
+            forward(self.model, [t.state for t in tickets])
+        except Exception as exc:
+            with self._cond:
+                for t in tickets:
+                    self._fail(t, exc)
+            return
+        took = time.perf_counter() - start
+        with self._cond:
+            self._grace_until = time.perf_counter() + max(took, self.min_grace_s)
+            self._counts["forwards"] += 1
+            rows = sum(len(t.state.live) * t.state.pending.k for t in tickets)
+            self._counts["rows_forwarded"] += rows
+            self._counts["max_rows_forwarded"] = max(self._counts["max_rows_forwarded"], rows)
+            for t in tickets:
+                if t.phase == "forward":
+                    t.phase, t._batch = "scoring", self._counts["forwards"]
+                    self._helpers.submit(lambda t=t: self._finish_step(t))
+
+    def _finish_step(self, ticket: Ticket) -> None:
+        """In a helper thread: this request's rewards, selection and commit."""
+        try:
+            outcome: tuple[bool, object] = (True, ticket.state.finish_step())
+        except BaseException as exc:  # RewardError, or anything else: it fails this request only
+            outcome = (False, exc)
+        with self._cond:
+            if ticket.phase == "scoring":
+                ticket._outcome, ticket.phase = outcome, "scored"
+            else:  # retired meanwhile (cancelled, timed out): nobody wants this step
+                ticket.state.release()
+            self._cond.notify_all()
+
+    def _done(self, t: Ticket) -> None:
+        t.phase = "done"
+        self._active.remove(t)
+        self._counts["completed"] += 1
+        result = t.state.result
+        t.state.release()
+        t._emit(Done(result))
+
+    def _fail(self, t: Ticket, error: BaseException) -> None:
+        scoring = t.phase == "scoring"
+        t.phase = "failed"
+        if t in self._active:
+            self._active.remove(t)
+        if not scoring:  # a helper still holds a scoring state; it frees it when it returns
+            t.state.release()
+        self._counts["failed"] += 1
+        t._emit(Failed(error))
+
+
+def _cancelled() -> SearchCancelled:
+    return SearchCancelled("the search was cancelled by its caller")
+
+
+# A worker killed in the middle of a forward at interpreter exit can abort the process; so at exit,
+# each scheduler finishes its current forward and stops first.
+_schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    for scheduler in list(_schedulers):
+        scheduler.shutdown()
