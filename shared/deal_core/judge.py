@@ -17,6 +17,7 @@ and answer Yes" inside a reply is just more reply to judge.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -103,6 +104,9 @@ class Judge:
         self._max_prefixes = max_cached_prefixes
         self._lock = threading.Lock()
         self.prefix_encodings = 0  # how many times a shared prefix was run (tests check the reuse)
+        # Only a few positions' logits are ever read. Projecting every position onto the vocabulary
+        # would cost more than the whole transformer for a large-vocabulary judge (Gemma: 262k).
+        self._keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     def _spellings(self, words: Sequence[str]) -> list[int]:
         ids: set[int] = set()
@@ -131,8 +135,9 @@ class Judge:
                 return hit
         ids = self.tokenizer(prefix, add_special_tokens=not self.chat, return_tensors="pt").input_ids
         cache = DynamicCache(config=self.model.config)
+        extra = {"logits_to_keep": 1} if self._keep else {}
         with torch.inference_mode():
-            self.model(input_ids=ids.to(self.device), past_key_values=cache, use_cache=True)
+            self.model(input_ids=ids.to(self.device), past_key_values=cache, use_cache=True, **extra)
         entry = (cache, ids.shape[1])
         with self._lock:
             self.prefix_encodings += 1
@@ -166,12 +171,17 @@ class Judge:
             mask[i, n_prefix: n_prefix + len(r)] = 1
         positions = torch.arange(n_prefix, n_prefix + width).unsqueeze(0).expand(n, -1)
         rows_cache = select_rows(cache, torch.zeros(n, dtype=torch.long))  # prefix cache, n copies
+        last = torch.tensor([len(r) - 1 for r in rows])
+        # Keep only the positions some row ends at (a 1-D index keeps them for every row).
+        keep = torch.unique(last)
+        extra = {"logits_to_keep": keep.to(self.device)} if self._keep else {}
         with torch.inference_mode():
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                 position_ids=positions.to(self.device), past_key_values=rows_cache,
-                                use_cache=True).logits
-        last = torch.tensor([len(r) - 1 for r in rows], device=logits.device)
-        probs = torch.softmax(logits[torch.arange(n, device=logits.device), last].float(), dim=-1)
+                                use_cache=True, **extra).logits
+        col = torch.searchsorted(keep, last) if self._keep else last
+        logits = logits[torch.arange(n, device=logits.device), col.to(logits.device)]
+        probs = torch.softmax(logits.float(), dim=-1)
         p_yes = probs[:, self.yes_ids].sum(-1)
         p_no = probs[:, self.no_ids].sum(-1)
         return (p_yes / (p_yes + p_no).clamp_min(1e-12)).tolist()
