@@ -288,3 +288,38 @@ def test_cancel_event_raises_search_cancelled_and_leaves_others_alone(tiny, alon
     assert len(errors) == 1 and isinstance(errors[0], SearchCancelled)
     assert other.token_ids == alone[0].token_ids
     assert _wait_for(lambda: engine.scheduler.stats().live == 0)
+
+
+def test_run_search_in_the_callers_thread_matches_the_scheduler(tiny, alone):
+    """``run_search`` (no scheduler: the caller's thread steps its own prompts) is the same search."""
+    from deal_core.search import run_search
+
+    prompt, rewards, settings = REQUESTS[2]
+    config = make_config(**settings)
+    prepared = [prepare_prompt(tiny.tokenizer, tiny.model, p, alignment_prompt=None,
+                               max_new_tokens=config.max_new_tokens) for p in (prompt, REQUESTS[0][0])]
+    gen = run_search(tiny.model, tiny.tokenizer, prepared, RewardSet.from_spec(rewards), config)
+    streamed = ["", ""]
+    try:
+        while True:
+            update = next(gen)
+            streamed = [s + d for s, d in zip(streamed, update.deltas)]
+    except StopIteration as stop:
+        results = stop.value
+    assert results[0].token_ids == alone[2].token_ids
+    assert results[1].token_ids == tiny.search(REQUESTS[0][0], rewards, config).token_ids
+    assert streamed == [r.text for r in results]
+
+
+def test_llamaindex_stream_the_consumer_stops_reading_frees_its_rows(tiny):
+    pytest.importorskip("llama_index.core")
+    from deal_llamaindex import DeALLLM
+
+    engine = Engine(loaded=tiny._loaded)
+    llm = DeALLLM(engine=engine, max_new_tokens=400, beam_width=1, top_k=8, lookahead=8)
+    stream = llm.stream_complete("Once upon a time", formatted=True)
+    next(stream)  # the consumer reads one chunk, then stops
+    assert _wait_for(lambda: _running(engine))
+    stream.close()
+    assert _wait_for(lambda: engine.scheduler.stats().live == 0)
+    assert engine.scheduler.stats().cache_bytes == 0

@@ -138,16 +138,23 @@ class _Helpers:
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._idle = 0  # waiting threads not yet promised to a submitted job
+        self._running = 0  # jobs submitted and not yet returned
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
+            self._running += 1
             if self._idle:
                 self._idle -= 1
             else:
                 threading.Thread(target=self._work, name="deal-step", daemon=True).start()
         self._jobs.put(job)
+
+    def wait_idle(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until no job is running."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._running == 0, timeout)
 
     def _work(self) -> None:
         while True:
@@ -159,9 +166,13 @@ class _Helpers:
                         self._idle -= 1
                         return
                 continue  # every waiter is promised to a job that is on its way
-            job()
-            with self._lock:
-                self._idle += 1
+            try:
+                job()
+            finally:
+                with self._lock:
+                    self._idle += 1
+                    self._running -= 1
+                    self._lock.notify_all()
 
 
 # ---- The scheduler ----------------------------------------------------------------------------------
@@ -231,6 +242,9 @@ class Scheduler:
             self._cond.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        # A daemon thread still inside torch when the interpreter exits aborts the process
+        # ("terminate called without an active exception"): let step work in flight finish.
+        self._helpers.wait_idle(timeout or 0.0)
 
     def wake(self) -> None:
         with self._cond:
@@ -346,7 +360,7 @@ class Scheduler:
     def _forward(self, tickets: list[Ticket]) -> None:
         start = time.perf_counter()
         try:
-            forward(self.model, [t.state for t in tickets])
+            forward(self.model, [t.state for t in tickets], stop=lambda: self._closing)
         except Exception as exc:
             with self._cond:
                 for t in tickets:
@@ -401,7 +415,7 @@ def _cancelled() -> SearchCancelled:
 
 
 # A worker killed in the middle of a forward at interpreter exit can abort the process; so at exit,
-# each scheduler finishes its current forward and stops first.
+# each scheduler abandons its current step after the forward in flight, and stops first.
 _schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -359,13 +359,14 @@ def prefill(model, states: Sequence[SearchState], pad_id: int) -> None:
         s.stats.lm_tokens += s.length
 
 
-def forward(model, states: Sequence[SearchState]) -> None:
+def forward(model, states: Sequence[SearchState], stop: Callable[[], bool] | None = None) -> None:
     """Steps 1-2 for all ``states`` at once: propose top-k tokens per live beam, then roll every
     candidate out in one batched forward per lookahead position.
 
     Requests of different lengths are left-padded to a common width (attention mask and position
     ids keep each row exact); requests that need fewer forwards than others (shorter lookahead,
     nearer their end) simply ignore the extra positions. Leaves each state's ``pending`` step.
+    ``stop()`` is asked between forwards; if it says so, the step is abandoned (SearchCancelled).
     """
     device = next(model.parameters()).device
     for s in states:
@@ -400,6 +401,8 @@ def forward(model, states: Sequence[SearchState]) -> None:
     seq_lp[:, 0] = torch.cat([s.pending.first_lp for s in rolled])
     with torch.inference_mode():
         for j in range(n_forward):
+            if stop is not None and stop():
+                raise SearchCancelled("the step was abandoned (the engine is shutting down)")
             attn = torch.cat([attn, attn.new_ones((n_rows, 1))], dim=-1)
             out = model(input_ids=seq[:, j: j + 1], attention_mask=attn, position_ids=(pos + j).unsqueeze(-1),
                         past_key_values=cache, use_cache=True)
