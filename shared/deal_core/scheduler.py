@@ -151,7 +151,7 @@ class _Helpers:
                 threading.Thread(target=self._work, name="deal-step", daemon=True).start()
         self._jobs.put(job)
 
-    def wait_idle(self, timeout: float) -> None:
+    def wait_idle(self, timeout: float | None) -> None:
         """Wait (at most ``timeout`` s) until no job is running."""
         with self._lock:
             self._lock.wait_for(lambda: self._running == 0, timeout)
@@ -244,7 +244,7 @@ class Scheduler:
             thread.join(timeout)
         # A daemon thread still inside torch when the interpreter exits aborts the process
         # ("terminate called without an active exception"): let step work in flight finish.
-        self._helpers.wait_idle(timeout or 0.0)
+        self._helpers.wait_idle(timeout)
 
     def wake(self) -> None:
         with self._cond:
