@@ -61,7 +61,7 @@ def test_fast_equals_reference_on_tiny_model(tiny, settings):
 
 
 def test_fast_equals_reference_on_real_model(engine):
-    config = make_config(beam_width=2, top_k=3, lookahead=5, max_new_tokens=14)
+    config = make_config(beam_width=2, top_k=3, lookahead=4, max_new_tokens=10)
     prompt = keyword_prompt(["boat", "lake", "fish"])
     rewards = [KeywordReward(["boat", "lake", "fish"])]
     fast = engine.search(prompt, rewards, config)
