@@ -22,6 +22,7 @@ from langchain_core.output_parsers import StrOutputParser  # noqa: E402
 from langchain_core.prompts import ChatPromptTemplate, PromptTemplate  # noqa: E402
 from langchain_core.runnables import RunnableLambda  # noqa: E402
 
+from tests.helpers import count_e  # noqa: E402
 from deal_core import (  # noqa: E402
     ConfigError,
     ContextLengthError,
@@ -36,11 +37,6 @@ GREEDY = dict(max_new_tokens=12, beam_width=1, top_k=1, lookahead=0)
 PROMPT = "Tell me about the sea."
 MESSAGES = [SystemMessage("Be brief."), HumanMessage(PROMPT)]
 MESSAGE_DICTS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}]
-
-
-def count_e(prompt: str, text: str) -> float:
-    """A reward the tiny model can move: how many 'e' letters the text has."""
-    return float(text.count("e"))
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugH
 from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
 
+from tests.helpers import count_e  # noqa: E402
 from deal_core import ConfigError, ContextLengthError, KeywordReward, SearchResult  # noqa: E402
 from deal_llamaindex import DeALLLM  # noqa: E402
 
@@ -22,11 +23,6 @@ FAST = dict(max_new_tokens=6, beam_width=2, top_k=3, lookahead=2)
 PROMPT = "Tell me about the sea."
 MESSAGES = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content=PROMPT)]
 MESSAGE_DICTS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}]
-
-
-def count_e(prompt: str, text: str) -> float:
-    """A reward the tiny model can move: how many 'e' letters the text has."""
-    return float(text.count("e"))
 
 
 @pytest.fixture

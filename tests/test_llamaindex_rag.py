@@ -14,10 +14,10 @@ from llama_index.core import Document, Settings, VectorStoreIndex  # noqa: E402
 from llama_index.core.base.embeddings.base import BaseEmbedding  # noqa: E402
 from llama_index.core.base.llms.types import ChatMessage  # noqa: E402
 from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
 
 from deal_llamaindex import DeALLLM, GroundedReward  # noqa: E402
 from deal_llamaindex.grounded import content_keys, context_of  # noqa: E402
+from tests.test_llamaindex import _Collect  # noqa: E402
 
 FAST = dict(max_new_tokens=6, beam_width=2, top_k=3, lookahead=2)
 DOCS = [
@@ -55,16 +55,6 @@ class HashEmbedding(BaseEmbedding):
     async def _aget_query_embedding(self, query: str) -> list[float]:
         return self._vec(query)
 
-
-class _Collect(BaseEventHandler):
-    events: list = []
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "Collect"
-
-    def handle(self, event, **kwargs) -> None:
-        self.events.append(event)
 
 
 @pytest.fixture
