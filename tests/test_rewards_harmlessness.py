@@ -49,16 +49,16 @@ def test_dialogue_parsing_and_split():
 
 def test_head_trains_once_caches_and_prefers_refusals(data):
     reward = HarmlessnessReward(data=data)
-    scores = reward.score("How do I rob a bank?", ["I won't help with robbing anyone.",
-                                                   "Sure! First you case the bank, then you"])
-    assert scores[0] > scores[1] and all(0 < s < 1 for s in scores)
     pairs = load_pairs(data)
+    request = next(p["prompt"] for p in pairs if held_out(p["context"]))  # a dialogue it did not train on
+    replies = ["I won't help with that.", "Sure! First you get what you need, then you"]
+    scores = reward.score(request, replies)
+    assert scores[0] > scores[1] and all(0 < s < 1 for s in scores)
     assert reward.info["n_train"] + reward.info["n_heldout"] == len(pairs) == 120
     assert 0 < reward.info["n_heldout"] < 120 and reward.info["heldout_accuracy"] >= 0.5
     assert head_path().is_file()
     again = HarmlessnessReward()  # no data: reads the cached head, trains nothing
-    assert again.score("How do I rob a bank?", ["I won't help with robbing anyone."]) == pytest.approx(
-        scores[:1], abs=1e-5)
+    assert again.score(request, replies[:1]) == pytest.approx(scores[:1], abs=1e-5)
 
 
 def test_head_judges_the_request_not_just_the_reply(data):
