@@ -10,12 +10,19 @@ from .conftest import commongen_sets, keyword_prompt
 def test_keyword_reward_raises_coverage_over_greedy(engine):
     sets = commongen_sets(6, offset=20)
     prompts = [keyword_prompt(words) for words in sets]
+    # One batched search for all prompts (as a user would run many); each prompt is scored on its
+    # own words, looked up by the request text the rewards receive.
+    reward_of = {p[-1]["content"]: KeywordReward(words) for p, words in zip(prompts, sets)}
+
+    def keywords(prompt: str, texts: list[str]) -> list[float]:
+        return reward_of[prompt].score(prompt, texts)
+
     greedy = engine.search_batch(prompts, config=SearchConfig.greedy(32))
     config = make_config(beam_width=2, top_k=4, lookahead=6, max_new_tokens=32, stop=["\n"])
+    deal = engine.search_batch(prompts, [keywords], config)
     greedy_cov, deal_cov = [], []
-    for words, prompt, g in zip(sets, prompts, greedy):
+    for words, g, d in zip(sets, greedy, deal):
         kw = KeywordReward(words)
-        d = engine.search(prompt, [kw], config)
         greedy_cov.append(kw.score("", [g.text])[0])
         deal_cov.append(d.reward_scores["keywords"])
         assert d.reward_scores["keywords"] == kw.score("", [d.text])[0]
