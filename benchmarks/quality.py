@@ -459,7 +459,7 @@ def report(args) -> str:
                 f"{mean(rows, 'lm_tokens'):.0f} | {mean(rows, 'seconds'):.1f} |")
         parts.append("\nppl = median over cases of exp(mean token NLL) of the output under the same LM, "
                      "given the chat prompt, or as a text alone (after BOS). `bon` = best-of-N sampling "
-                     "reranked by the same reward, N matched to DeAL's LM tokens; `-fluency0.25` = the "
+                     "reranked by the same reward, N matched to DeAL's LM tokens; `-fluency0.3` = the "
                      "reward adds `FluencyReward` with weight 0.25.")
 
     ln = {m: list(Store("length", m).rows.values()) for m in methods}
