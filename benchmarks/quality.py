@@ -460,7 +460,7 @@ def report(args) -> str:
         parts.append("\nppl = median over cases of exp(mean token NLL) of the output under the same LM, "
                      "given the chat prompt, or as a text alone (after BOS). `bon` = best-of-N sampling "
                      "reranked by the same reward, N matched to DeAL's LM tokens; `-fluency0.3` = the "
-                     "reward adds `FluencyReward` with weight 0.25.")
+                     "reward adds `FluencyReward` with weight 0.3.")
 
     ln = {m: list(Store("length", m).rows.values()) for m in methods}
     if any(ln.values()):
