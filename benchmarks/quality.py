@@ -208,19 +208,14 @@ def best_of_n(engine, request: str, reward: Reward, n: int, max_new_tokens: int,
 
 # ---- metrics ---------------------------------------------------------------------------------------------
 def mean_nll(engine, prompts: Sequence, texts: Sequence[str], batch: int = 16) -> list[float]:
-    """Mean negative log-likelihood per token of each text under the LM: given its chat prompt when
-    ``prompts[i]`` is a message list, or as a text alone (after BOS) when it is None."""
+    """Mean negative log-likelihood per token of each text under the LM, given its chat prompt.
+    (The text alone is :class:`FluencyReward`'s measure: its score is minus that NLL.)"""
     tok, model = engine.tokenizer, engine.model
     out: list[float] = []
     for i in range(0, len(texts), batch):
         rows, spans = [], []
         for p, t in zip(prompts[i: i + batch], texts[i: i + batch]):
-            if p is None:
-                head = [tok.bos_token_id] if tok.bos_token_id is not None else []
-                if not head:
-                    head = tok("\n", add_special_tokens=False)["input_ids"][:1]
-            else:
-                head = prepare_prompt(tok, model, p, alignment_prompt=None, max_new_tokens=1).input_ids
+            head = prepare_prompt(tok, model, p, alignment_prompt=None, max_new_tokens=1).input_ids
             body = tok(t, add_special_tokens=False)["input_ids"] or [tok.eos_token_id]
             rows.append(head + body)
             spans.append((len(head), len(head) + len(body)))
@@ -244,7 +239,7 @@ def add_fluency(engine, task: str, method: str, requests: dict[int, str]) -> Non
     if not rows:
         return
     cond = mean_nll(engine, [messages(requests[r["id"]]) for r in rows], [r["text"] for r in rows])
-    alone = mean_nll(engine, [None] * len(rows), [r["text"] for r in rows])
+    alone = [-v for v in FluencyReward(engine).score("", [r["text"] for r in rows])]
     for r, a, b in zip(rows, cond, alone):
         r["ppl"], r["ppl_text"] = math.exp(a), math.exp(b)
     store.path.write_text("".join(json.dumps(r) + "\n" for r in store.rows.values()))
