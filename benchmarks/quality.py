@@ -140,10 +140,13 @@ class PerPrompt(Reward):
     def __init__(self, table: dict[str, Reward], name: str) -> None:
         self.table, self.name = table, name
         first = next(iter(table.values()))
-        self.low, self.high = first.low, first.high
+        self.low, self.high, self.end_aware = first.low, first.high, first.end_aware
 
     def score(self, prompt: str, candidates: Sequence[str]) -> list[float]:
         return self.table[prompt].score(prompt, candidates)
+
+    def score_ended(self, prompt: str, candidates: Sequence[str], ended: Sequence[bool]) -> list[float]:
+        return self.table[prompt].score_ended(prompt, candidates, ended)
 
 
 def messages(request: str) -> list[dict]:

@@ -20,9 +20,30 @@ def test_keywords_are_inflection_aware():
 
 
 def test_length_reward():
-    lr = LengthReward(10, tolerance=0.1)
+    lr = LengthReward(10, tolerance=0.1, falloff=10)
     assert lr.score("", ["w " * 10, "w " * 11, "w " * 15, "w " * 20, ""]) == pytest.approx(
         [1.0, 1.0, 0.6, 0.1, 0.1])
+    # Default falloff: the band's half-width in whole words (at least 1) past the +-10% band.
+    assert LengthReward(20).score("", ["w " * 22, "w " * 23, "w " * 24, "w " * 17]) == pytest.approx(
+        [1.0, 0.5, 0.0, 0.5])
+    assert LengthReward(37).score("", ["w " * 34, "w " * 33, "w " * 42, "w " * 43]) == pytest.approx(
+        [1.0, 2 / 3, 1 / 3, 0.0])
+    assert LengthReward(7).score("", ["w " * 7, "w " * 6, "w " * 8]) == pytest.approx([1.0, 0.0, 0.0])
+
+
+def test_length_reward_knows_a_rollout_may_go_on():
+    lr = LengthReward(10)
+    texts = ["w " * 4, "w " * 4, "w " * 10, "w " * 14, "w " * 14]
+    ended = [True, False, True, True, False]
+    # Short and complete: penalised. Short but still going: it can still end in the band (1.0).
+    # Past the band: penalised whether or not it has ended (it cannot get shorter).
+    assert lr.score_ended("", texts, ended) == pytest.approx([0.0, 1.0, 1.0, 0.0, 0.0])
+    assert lr.end_aware and RewardSet.from_spec([lr, KeywordReward(["w"])]).end_aware
+    assert not RewardSet.from_spec([KeywordReward(["w"])]).end_aware
+    # RewardSet.evaluate passes the flags to end-aware rewards only; without flags, texts are complete.
+    rs = RewardSet.from_spec([lr, KeywordReward(["w"])])
+    assert rs.evaluate("", ["w " * 4], [False]) == [(1.0, 1.0)]
+    assert rs.evaluate("", ["w " * 4]) == [(0.0, 1.0)]
 
 
 def test_callable_shapes_are_adapted():

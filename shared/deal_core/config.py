@@ -43,6 +43,11 @@ class SearchConfig(BaseModel):
         None,
         description="Optional system text prepended to the prompt (the paper's start-state adaptation).",
     )
+    propose_eos: bool | None = Field(
+        None,
+        description="Add an 'end here' (EOS) candidate per beam at every step, which top-k rarely holds "
+        "mid-sentence. None: only when a reward is end-aware (LengthReward).",
+    )
     seed: int | None = Field(None, description="Seeds torch before the search, for reproducible runs.")
     trace: bool = Field(True, description="Record every step's candidates in SearchResult.trace.")
     timeout: float | None = Field(

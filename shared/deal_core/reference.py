@@ -18,7 +18,8 @@ from transformers import GenerationConfig
 from .config import SearchConfig
 from .result import SearchResult, SearchStats
 from .rewards import RewardSet
-from .search import PreparedPrompt, _Decoder, _Hyp, eos_token_ids, make_candidate, select, set_score, step_plan
+from .search import (PreparedPrompt, _Decoder, _Hyp, eos_candidates, eos_token_ids, make_candidate, select,
+                     set_score, step_plan)
 
 
 def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSet,
@@ -36,27 +37,28 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
         commit, look, _ = step_plan(config, len(beams[0].tokens))
         n_generate = max(look, commit - 1)  # rollout tokens needed after the candidate token
         candidates: list[_Hyp] = []
+        ends: list[tuple[_Hyp, list[int], list[float]]] = []  # "end here" candidates go last
+        propose_eos = config.propose_eos if config.propose_eos is not None else rewards.end_aware
         for beam in beams:
             context = prompt.input_ids + beam.tokens
             with torch.inference_mode():
                 logits = model(torch.tensor([context], device=device)).logits[0, -1].float()
             stats.lm_forward_passes += 1
             stats.lm_tokens += len(context)
-            top_lp, top_ids = torch.log_softmax(logits, -1).topk(min(config.top_k, logits.shape[-1]))
+            next_lp = torch.log_softmax(logits, -1)
+            top_lp, top_ids = next_lp.topk(min(config.top_k, logits.shape[-1]))
             for token, token_lp in zip(top_ids.tolist(), top_lp.tolist()):
                 row, row_lp = [token], [token_lp]
                 if n_generate:
                     row_more, lp_more = _generate(model, context + [token], n_generate, device, eos, stats)
                     row, row_lp = row + row_more, row_lp + lp_more
-                hyp, rollout_text, _, _ = make_candidate(dec, eos, beam, row, row_lp, commit, look,
-                                                         config.max_new_tokens)
-                values: tuple[float, ...] = hyp.values
-                if rewards:  # one candidate at a time, no cache
-                    values = rewards.evaluate(prompt.reward_prompt, [rollout_text])[0]
-                    stats.reward_calls += len(rewards)
-                    stats.candidates_scored += 1
-                set_score(hyp, values, rewards, config)
-                candidates.append(hyp)
+                candidates.append(_scored(dec, eos, beam, row, row_lp, commit, look, prompt, rewards,
+                                          config, stats))
+            if propose_eos:
+                for _, token, lp in eos_candidates(eos, next_lp[None], top_ids[None]):
+                    ends.append((beam, [token], [lp]))
+        for beam, row, row_lp in ends:
+            candidates.append(_scored(dec, eos, beam, row, row_lp, 1, 0, prompt, rewards, config, stats))
         stats.steps += 1
         pool = finished + candidates
         survivors = [pool[i] for i in select(pool, lambda h: (h.score, h.logprob), config.beam_width)]
@@ -68,6 +70,20 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
             return SearchResult(text=best.text, token_ids=best.tokens, score=best.score,
                                 logprob=best.logprob, reward_scores=dict(zip(rewards.names, best.values)),
                                 finish_reason=best.finish or "length", stats=stats)
+
+
+def _scored(dec, eos, beam, row, row_lp, commit, look, prompt, rewards, config, stats) -> _Hyp:
+    """One candidate, its reward computed on its own (no cache)."""
+    hyp, rollout_text, ended, _, _ = make_candidate(dec, eos, beam, row, row_lp, commit, look,
+                                                    config.max_new_tokens)
+    values: tuple[float, ...] = hyp.values
+    if rewards:
+        values = rewards.evaluate(prompt.reward_prompt, [rollout_text],
+                                  [ended] if rewards.end_aware else None)[0]
+        stats.reward_calls += len(rewards)
+        stats.candidates_scored += 1
+    set_score(hyp, values, rewards, config)
+    return hyp
 
 
 def _generate(model, context: list[int], n: int, device, eos: set[int], stats: SearchStats) -> tuple[list[int], list[float]]:

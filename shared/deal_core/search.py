@@ -148,11 +148,12 @@ def set_score(hyp: _Hyp, values: tuple[float, ...], rewards: RewardSet, config: 
 
 
 def make_candidate(dec: _Decoder, eos: set[int], beam: _Hyp, row: list[int], row_lp: list[float],
-                   commit: int, look: int, max_new_tokens: int) -> tuple[_Hyp, str, list[int], float]:
+                   commit: int, look: int, max_new_tokens: int) -> tuple[_Hyp, str, bool, list[int], float]:
     """A candidate from its beam and its greedy rollout ``row`` (candidate token first).
 
     Returns the new hypothesis (``commit`` tokens committed, finish state set), the text the rewards
-    score (generated text + candidate + ``look`` rollout tokens, cut at EOS / stop), the committed
+    score (generated text + candidate + ``look`` rollout tokens, cut at EOS / stop), whether that text
+    is complete (the rollout ended or hit ``max_new_tokens``; end-aware rewards use it), the committed
     tokens and their log-probability.
     """
     new = row[:commit]
@@ -172,11 +173,29 @@ def make_candidate(dec: _Decoder, eos: set[int], beam: _Hyp, row: list[int], row
     if finish is None:
         rollout = row[: 1 + look]
         cut = next((i for i, t in enumerate(rollout) if t in eos), len(rollout))
-        rollout_text = dec.cut_at_stop(dec.decode(beam.tokens + rollout[:cut]))[0]
+        rollout_text, cut_stop = dec.cut_at_stop(dec.decode(beam.tokens + rollout[:cut]))
+        ended = cut_stop or cut < len(rollout) or len(beam.tokens) + len(rollout) >= max_new_tokens
     else:
-        rollout_text = text
+        rollout_text, ended = text, True
     hyp = _Hyp(tokens, text, beam.logprob + new_lp, 0.0, beam.values, beam.path, finish)
-    return hyp, rollout_text, new, new_lp
+    return hyp, rollout_text, ended, new, new_lp
+
+
+def eos_candidates(eos: set[int], next_lp: torch.Tensor, top_ids: torch.Tensor) -> list[tuple[int, int, float]]:
+    """"End here" proposals: per beam, its most likely EOS token unless top-k already holds one.
+
+    Returns ``(beam, token, log-prob)``. The candidates need no rollout (they are finished), so they
+    cost no forward rows; the search adds them when a reward cares how texts end.
+    """
+    if not eos:
+        return []
+    ids = sorted(eos)
+    lp, which = next_lp[:, ids].max(dim=-1)
+    out = []
+    for b, (v, w) in enumerate(zip(lp.tolist(), which.tolist())):
+        if not any(int(t) in eos for t in top_ids[b].tolist()) and v > -math.inf:
+            out.append((b, ids[w], v))
+    return out
 
 
 # ---- One request's search -----------------------------------------------------------------------
@@ -198,6 +217,7 @@ class _Pending:
     r0: int = 0
     col0: int = 0
     next_lp: torch.Tensor | None = None  # the distribution after the committed tokens, per row
+    ends: list[tuple[int, int, float]] = field(default_factory=list)  # (beam, EOS token, log-prob)
 
 
 class SearchState:
@@ -221,7 +241,8 @@ class SearchState:
         self.deadline = self.t0 + config.timeout if config.timeout else None
         self.stats = SearchStats()
         self.trace: list[TraceStep] = []
-        self.scored: dict[str, tuple[float, ...]] = {}  # rollout text -> reward values
+        self.scored: dict[tuple[str, bool], tuple[float, ...]] = {}  # (rollout text, ended) -> values
+        self.propose_eos = config.propose_eos if config.propose_eos is not None else rewards.end_aware
         no_rewards = tuple(0.0 for _ in rewards.items)
         self.live: list[_Hyp] = [_Hyp([], "", 0.0, 0.0, no_rewards)]
         self.finished: list[_Hyp] = []  # finished hypotheses still in the beam
@@ -264,34 +285,43 @@ class SearchState:
         k, n_rows = p.k, len(self.live) * p.k
 
         # ---- 3. Build candidates: committed tokens, finish state, and the text rewards see. --------
+        beam_of = [n // k for n in range(n_rows)]
         cands = [make_candidate(dec, self.eos, self.live[n // k], p.seq[n], p.seq_lp[n], p.commit, p.look,
                                 config.max_new_tokens)
-                 for n in range(n_rows)]  # (hyp, rollout text, new tokens, their log-prob)
+                 for n in range(n_rows)]  # (hyp, rollout text, ended, new tokens, their log-prob)
+        for b, token, lp in p.ends:  # "end here" candidates: finished, no rollout
+            cands.append(make_candidate(dec, self.eos, self.live[b], [token], [lp], 1, 0, config.max_new_tokens))
+            beam_of.append(b)
+        n_cands = len(cands)
 
         # ---- 4. Score: each reward once per step, on texts not seen before. ------------------------
+        # Texts are keyed with whether they are complete: an end-aware reward may score them apart.
+        keys = [(c[1], c[2] and rewards.end_aware) for c in cands]
         if rewards:
-            fresh = list(dict.fromkeys(r for _, r, _, _ in cands if r not in self.scored))
-            self.stats.cache_hits += n_rows - len(fresh)
+            fresh = list(dict.fromkeys(key for key in keys if key not in self.scored))
+            self.stats.cache_hits += n_cands - len(fresh)
             if fresh:
-                for text, values in zip(fresh, rewards.evaluate(self.prompt.reward_prompt, fresh)):
-                    self.scored[text] = values
+                values = rewards.evaluate(self.prompt.reward_prompt, [t for t, _ in fresh],
+                                          [e for _, e in fresh] if rewards.end_aware else None)
+                for key, v in zip(fresh, values):
+                    self.scored[key] = v
                 self.stats.reward_calls += len(rewards)
                 self.stats.candidates_scored += len(fresh)
-        for hyp, rollout_text, _, _ in cands:
-            set_score(hyp, self.scored[rollout_text] if rewards else hyp.values, rewards, config)
+        for (hyp, *_), key in zip(cands, keys):
+            set_score(hyp, self.scored[key] if rewards else hyp.values, rewards, config)
 
         # ---- 5. Select: the best beam_width of new candidates and finished survivors. --------------
         pool: list[tuple[_Hyp, int | None]] = [(h, None) for h in self.finished]
-        pool += [(cands[n][0], n) for n in range(n_rows)]
+        pool += [(cands[n][0], n) for n in range(n_cands)]
         chosen = select(pool, lambda e: (e[0].score, e[0].logprob), config.beam_width)
         if config.trace:
             tcands = [
                 TraceCandidate(
-                    beam=n // k, token_ids=new, token_text=dec.decode(new), logprob=new_lp,
+                    beam=beam_of[n], token_ids=new, token_text=dec.decode(new), logprob=new_lp,
                     cumulative_logprob=hyp.logprob, rewards=dict(zip(rewards.names, hyp.values)),
                     score=hyp.score, rollout_text=rollout_text, finished=hyp.finish is not None,
                 )
-                for n, (hyp, rollout_text, new, new_lp) in enumerate(cands)
+                for n, (hyp, rollout_text, _, new, new_lp) in enumerate(cands)
             ]
         survivors = [pool[i] for i in chosen]
         self.finished = [h for h, n in survivors if n is None or h.finish is not None]
@@ -374,6 +404,8 @@ def forward(model, states: Sequence[SearchState], stop: Callable[[], bool] | Non
         k = min(s.config.top_k, s.next_lp.shape[-1])
         top_lp, top_ids = s.next_lp.topk(k, dim=-1)
         s.pending = _Pending(commit, look, k, n_forward, top_ids.reshape(-1), top_lp.reshape(-1))
+        if s.propose_eos:
+            s.pending.ends = eos_candidates(s.eos, s.next_lp, top_ids)
         if not n_forward:  # the last token: nothing to roll out, no cache needed after it
             s.pending.seq = [[t] for t in s.pending.first_ids.tolist()]
             s.pending.seq_lp = [[v] for v in s.pending.first_lp.tolist()]

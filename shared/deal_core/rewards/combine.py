@@ -84,16 +84,27 @@ class RewardSet:
     def __bool__(self) -> bool:
         return bool(self.items)
 
-    def evaluate(self, prompt: str, texts: list[str]) -> list[tuple[float, ...]]:
-        """Every reward's value for every text: ``out[j][i]`` is reward ``i`` on ``texts[j]``."""
+    @property
+    def end_aware(self) -> bool:
+        """Some reward's value depends on whether a text is complete (see :class:`Reward`)."""
+        return any(item.reward.end_aware for item in self.items)
+
+    def evaluate(self, prompt: str, texts: list[str],
+                 ended: Sequence[bool] | None = None) -> list[tuple[float, ...]]:
+        """Every reward's value for every text: ``out[j][i]`` is reward ``i`` on ``texts[j]``.
+
+        ``ended[j]`` says whether ``texts[j]`` is complete; end-aware rewards get it (without it,
+        every text counts as complete)."""
         n = len(self.items)
+        if ended is not None and len(ended) != len(texts):
+            raise ValueError("evaluate(): ended needs one flag per text")
         if n > 1 and self.concurrent:
             # Rewards run side by side: a judge forward, a classifier forward and a remote call
             # all release the GIL, so the step costs about the slowest reward, not their sum.
             with ThreadPoolExecutor(max_workers=n, thread_name_prefix="deal-reward") as pool:
-                columns = list(pool.map(lambda i: self._call(i, prompt, texts), range(n)))
+                columns = list(pool.map(lambda i: self._call(i, prompt, texts, ended), range(n)))
         else:
-            columns = [self._call(i, prompt, texts) for i in range(n)]
+            columns = [self._call(i, prompt, texts, ended) for i in range(n)]
         return [tuple(col[j] for col in columns) for j in range(len(texts))]
 
     def total(self, values: Sequence[float]) -> float:
@@ -101,10 +112,13 @@ class RewardSet:
             return -math.inf
         return sum(item.weight * v for item, v in zip(self.items, values))
 
-    def _call(self, i: int, prompt: str, texts: list[str]) -> list[float]:
+    def _call(self, i: int, prompt: str, texts: list[str], ended: Sequence[bool] | None) -> list[float]:
         reward, name = self.items[i].reward, self.names[i]
         try:
-            out = reward.score(prompt, texts)
+            if reward.end_aware and ended is not None:
+                out = reward.score_ended(prompt, texts, list(ended))
+            else:
+                out = reward.score(prompt, texts)
         except DeALError:  # already says what to fix (RewardError, ModelLoadError, ConfigError)
             raise
         except Exception as exc:

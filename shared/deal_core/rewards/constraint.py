@@ -27,9 +27,14 @@ class Constraint(Reward):
             raise ConfigError(f"Constraint threshold must be a number, got {threshold!r}") from exc
         self.name = name or self.reward.name
         self.low, self.high = max(self.reward.low, self.threshold), self.reward.high
+        self.end_aware = self.reward.end_aware
 
     def score(self, prompt: str, candidates: Sequence[str]) -> list[float]:
         values = self.reward.score(prompt, candidates)
+        return [float(v) if v >= self.threshold else float("-inf") for v in values]
+
+    def score_ended(self, prompt: str, candidates: Sequence[str], ended: Sequence[bool]) -> list[float]:
+        values = self.reward.score_ended(prompt, candidates, ended)
         return [float(v) if v >= self.threshold else float("-inf") for v in values]
 
     async def ascore(self, prompt: str, candidates: Sequence[str]) -> list[float]:

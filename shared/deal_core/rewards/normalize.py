@@ -46,6 +46,7 @@ class Normalized(Reward):
                 raise ConfigError("Normalized(method='clip') needs finite low < high; pass low=, high=")
             self.clip_low, self.clip_high = float(lo), float(hi)
         self.name = name or self.reward.name
+        self.end_aware = self.reward.end_aware
 
     def _map(self, v: float) -> float:
         if v == -math.inf:
@@ -59,3 +60,6 @@ class Normalized(Reward):
 
     def score(self, prompt: str, candidates: Sequence[str]) -> list[float]:
         return [self._map(float(v)) for v in self.reward.score(prompt, candidates)]
+
+    def score_ended(self, prompt: str, candidates: Sequence[str], ended: Sequence[bool]) -> list[float]:
+        return [self._map(float(v)) for v in self.reward.score_ended(prompt, candidates, ended)]
