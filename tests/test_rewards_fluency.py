@@ -38,3 +38,20 @@ def test_steers_a_search_away_from_a_list(tiny: Engine, engine: Engine) -> None:
     steered = tiny.search(prompt, rewards=[judge],
                           config={"beam_width": 2, "top_k": 8, "lookahead": 2, "max_new_tokens": 6})
     assert steered.reward_scores["fluency"] > judge.score(prompt, [plain.text])[0]
+
+
+def test_shared_prefixes_score_like_whole_texts(engine: Engine) -> None:
+    # A search step's candidates share their beam's text; the next step's extend it. The cached,
+    # extended prefixes must give the same numbers as scoring every text whole -- and run fewer tokens.
+    stem = "The children were dancing in the living room while their parents"
+    steps = [[stem + e for e in (" watched.", " cooked dinner.", " talked", " laughed at them.")],
+             [stem + " watched" + e for e in (" them.", " the news.", " a film and", ",")],
+             [stem + " watched the" + e for e in (" news.", " game together.", " kids")],
+             ["Dog, frisbee, catch.", "A cat sleeps."]]
+    cached = FluencyReward(engine)
+    whole = FluencyReward(engine)
+    for texts in steps:
+        got = cached.score("", texts)
+        want = [whole._whole_mean(t) for t in texts]
+        assert all(math.isclose(a, b, abs_tol=2e-3) for a, b in zip(got, want)), (got, want)
+    assert cached.tokens_run < 0.6 * whole.tokens_run
