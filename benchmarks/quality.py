@@ -366,16 +366,27 @@ def task_sweep(args, engine) -> None:
 
     for field, values in SWEEP.items():
         for v in values:
-            settings = {**DEAL, field: v}
-            if settings["commit_tokens"] > settings["lookahead"] + 1:
-                settings["lookahead"] = settings["commit_tokens"] - 1
+            settings = sweep_settings(field, v)
             config = SearchConfig(**settings, max_new_tokens=args.max_new_tokens, stop=["\n"])
-            store = Store("sweep", f"{field}={v}", args.fresh)
+            name = sweep_name(field, v)
+            store = Store("sweep", name, args.fresh and name != "default")
             run_engine(engine, cases, requests,
                        lambda chunk: [PerPrompt({requests[c["id"]]: reward_of[requests[c["id"]]]
                                                  for c in chunk}, "keywords")],
-                       config, store, args.batch, coverage, f"{field}={v}")
-            add_fluency(engine, "sweep", f"{field}={v}", requests)
+                       config, store, args.batch, coverage, name)
+            add_fluency(engine, "sweep", name, requests)
+
+
+def sweep_settings(field: str, v: int) -> dict:
+    settings = {**DEAL, field: v}
+    if settings["commit_tokens"] > settings["lookahead"] + 1:
+        settings["lookahead"] = settings["commit_tokens"] - 1
+    return settings
+
+
+def sweep_name(field: str, v: int) -> str:
+    """The results file of one sweep point; the default settings are run once, as ``default``."""
+    return "default" if sweep_settings(field, v) == DEAL else f"{field}={v}"
 
 
 def deal_config(args, alignment_prompt: str | None = None) -> SearchConfig:
@@ -493,16 +504,23 @@ def report(args) -> str:
         plot_weights(sweep_weights)
         parts.append("\n![weights](plots/weights.png)")
 
-    sw = {(f, v): list(Store("sweep", f"{f}={v}").rows.values()) for f, vs in SWEEP.items() for v in vs}
+    sw = {(f, v): list(Store("sweep", sweep_name(f, v)).rows.values()) for f, vs in SWEEP.items() for v in vs}
     if any(sw.values()):
         parts += ["", "### Search settings (keywords task; one setting varied from the default)", "",
-                  "| setting | N | hard coverage | soft coverage | ppl / greedy-of-sweep | s / case |",
-                  "|---|---|---|---|---|---|"]
-        g = median(kw["greedy"], "ppl") if kw["greedy"] else float("nan")
+                  "| setting | N | hard coverage | soft coverage | ppl given prompt / greedy | "
+                  "ppl of text alone / greedy | LM tokens / case | s / case |",
+                  "|---|---|---|---|---|---|---|---|"]
+        base = {r["id"]: r for r in kw.get("greedy", [])}
         for (f, v), rows in sw.items():
             if rows:
-                parts.append(f"| {f}={v} | {len(rows)} | {mean(rows, 'hard'):.3f} | {mean(rows, 'soft'):.3f} | "
-                             f"{median(rows, 'ppl') / g:.2f} | {mean(rows, 'seconds'):.1f} |")
+                same = [base[r["id"]] for r in rows if r["id"] in base]
+                mark = " (default)" if sweep_name(f, v) == "default" else ""
+                parts.append(f"| {f}={v}{mark} | {len(rows)} | {mean(rows, 'hard'):.3f} | {mean(rows, 'soft'):.3f} | "
+                             f"{median(rows, 'ppl') / median(same, 'ppl'):.2f} | "
+                             f"{median(rows, 'ppl_text') / median(same, 'ppl_text'):.2f} | "
+                             f"{mean(rows, 'lm_tokens'):.0f} | {mean(rows, 'seconds'):.1f} |")
+        parts.append("\n`s / case`: wall time per case with 8 prompts searched together, all points run "
+                     "back to back in one process (comparable within this table).")
         plot_sweep(sw)
         parts.append("\n![sweep](plots/sweep.png)")
     return "\n".join(parts)

@@ -1,6 +1,9 @@
 """Greedy vs DeAL on CommonGen concept sets: the keyword-constraint task of the DeAL paper.
 
-    python examples/keywords.py --data ../shared/data [--n 3]
+    python examples/keywords.py --data ../shared/data [--n 3] [--fluency 0.1]
+
+The rewards: keyword coverage, plus fluency (the text scored by the LM on its own, without the
+request) so that the words come in a sentence, not a list ("Dance, kid, room.").
 
 Data: CommonGen dev (Lin et al., 2020, MIT), read from ``--data``; nothing is copied.
 Runs offline on the embedded SmolLM2-135M-Instruct (first run converts it once, ~30 s).
@@ -10,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
-from deal_core import KeywordReward, SearchConfig, get_engine
+from deal_core import FluencyReward, KeywordReward, SearchConfig, get_engine
 
 PROMPT = "Write one short sentence that uses all of these words: {words}."
 
@@ -30,24 +34,28 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--n", type=int, default=3, help="concept sets to run")
     parser.add_argument("--offset", type=int, default=0)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--fluency", type=float, default=0.1, help="weight of FluencyReward (0: keywords only)")
     args = parser.parse_args()
 
     engine = get_engine()  # embedded default model; CUDA if available
-    deal = SearchConfig(beam_width=2, top_k=4, lookahead=6, max_new_tokens=args.max_new_tokens,
+    deal = SearchConfig(beam_width=2, top_k=4, lookahead=8, max_new_tokens=args.max_new_tokens,
                         reward_scale=10.0, stop=["\n"])
+    fluency = FluencyReward(engine)  # also the yardstick below: perplexity of the text on its own
     greedy = SearchConfig.greedy(args.max_new_tokens, stop=["\n"])
     totals = {"greedy": 0.0, "deal": 0.0}
     sets = load_sets(args.data, args.n, args.offset)
     for words in sets:
         prompt = [{"role": "user", "content": PROMPT.format(words=", ".join(words))}]
         reward = KeywordReward(words)
+        rewards = [reward, (fluency, args.fluency)] if args.fluency else [reward]
         print(f"\nconcepts: {', '.join(words)}")
         for name, config in (("greedy", greedy), ("deal", deal)):
-            result = engine.search(prompt, rewards=[reward], config=config)
+            result = engine.search(prompt, rewards=rewards if name == "deal" else None, config=config)
             coverage = reward.score("", [result.text])[0]
+            ppl = math.exp(-fluency.score("", [result.text])[0])
             totals[name] += coverage
-            print(f"  {name:6s} coverage={coverage:.2f} scores={result.reward_scores} "
+            print(f"  {name:6s} coverage={coverage:.2f} perplexity(text alone)={ppl:.0f} "
                   f"forwards={result.stats.lm_forward_passes} {result.stats.wall_seconds:.1f}s")
             print(f"         {result.text!r}")
     print(f"\nmean keyword coverage over {len(sets)} sets: greedy {totals['greedy'] / len(sets):.2f}, "
