@@ -81,3 +81,14 @@ def test_batch_method_objects_and_weights():
 def test_duplicate_names_are_made_unique():
     rs = RewardSet.from_spec([KeywordReward(["a"]), KeywordReward(["b"])])
     assert rs.names == ["keywords", "keywords_2"]
+
+
+def test_wrappers_keep_a_reward_end_aware():
+    from deal_core.rewards import Normalized, hard
+
+    lr = LengthReward(10)
+    for wrapped in (hard(lr, 0.5), Normalized(lr, "clip")):
+        assert wrapped.end_aware
+        # Still going at 4 words: fine; complete at 4 words: the wrapped reward's penalty shows.
+        going, done = wrapped.score_ended("", ["w " * 4, "w " * 4], [False, True])
+        assert going == 1.0 and done < 0.5
