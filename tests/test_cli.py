@@ -226,3 +226,21 @@ def test_progress_display_on_a_terminal(tiny):
     assert "tokens agreed" in shown and "/10" in shown and "candidates scored" in shown
     # The display only watches: the answer is the plain search's.
     assert result.text == tiny.search("Once upon a time", rewards, config).text
+
+
+def test_fluency_flag_adds_the_reward_judged_by_the_same_model(tiny, monkeypatch, capsys):
+    from deal_core import FluencyReward
+
+    monkeypatch.setattr("deal_core.engine.get_engine", lambda *a, **k: tiny)
+    args = ["generate", "Once upon a time", "--raw", "--keywords", "cat,the", "--max-new-tokens", "6",
+            "--beam-width", "2", "--top-k", "3", "--lookahead", "1", "--json", "--no-progress"]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args + ["--fluency", "0.5"])
+    assert exit_.value.code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["reward_scores"]) == {"keywords", "fluency"}
+    want = tiny.search("Once upon a time", [KeywordReward(["cat", "the"]), (FluencyReward(tiny), 0.5)],
+                       SearchConfig(**out["config"]))
+    assert out["text"] == want.text
+    code, _, err = run_main(capsys, *args, "--fluency", "-1")
+    assert code != 0 and "--fluency" in err

@@ -210,6 +210,7 @@ def generate(
     keywords: Annotated[Optional[str], typer.Option(help="Reward: use these words, comma-separated.")] = None,
     length: Annotated[Optional[int], typer.Option(help="Reward: aim for this many words.")] = None,
     rubric: Annotated[Optional[str], typer.Option(help="Reward: a rubric in plain English, judged by a local LM.")] = None,
+    fluency: Annotated[Optional[float], typer.Option(metavar="W", help="Reward: fluency of the text alone, with weight W (0.1 keeps --keywords from making word lists).")] = None,
     weight: Annotated[list[str], typer.Option(metavar="NAME=W", help="Weight of a reward: NAME=W (keywords, length, rubric); repeatable.")] = [],  # noqa: B006
     beam_width: Annotated[Optional[int], typer.Option(help="Hypotheses kept per step.")] = None,
     top_k: Annotated[Optional[int], typer.Option(help="Next tokens each beam proposes.")] = None,
@@ -234,7 +235,7 @@ def generate(
     _guard(debug, _generate, **{k: v for k, v in locals().items() if k != "debug"})
 
 
-def _generate(*, prompt: str, keywords, length, rubric, weight, beam_width, top_k, lookahead,
+def _generate(*, prompt: str, keywords, length, rubric, fluency, weight, beam_width, top_k, lookahead,
               commit_tokens, max_new_tokens, reward_scale, stop, alignment_prompt, seed, raw, model,
               device, compare_greedy, trace, top_n, as_json, progress) -> None:
     from .config import SearchConfig, make_config
@@ -242,6 +243,8 @@ def _generate(*, prompt: str, keywords, length, rubric, weight, beam_width, top_
     from .rewards import RewardSet
 
     rewards = build_rewards(keywords, length, rubric, weight)
+    if fluency is not None and not (math.isfinite(fluency) and fluency > 0):
+        raise ConfigError(f"--fluency is a weight > 0, got {fluency}")
     config = make_config(beam_width=beam_width, top_k=top_k, lookahead=lookahead,
                          commit_tokens=commit_tokens, max_new_tokens=max_new_tokens,
                          reward_scale=reward_scale, stop=stop or None,
@@ -258,6 +261,10 @@ def _generate(*, prompt: str, keywords, length, rubric, weight, beam_width, top_
     show = sys.stderr.isatty() if progress is None else progress
     _quiet_loading()
     engine = get_engine(None if model == "embedded" else model, device)
+    if fluency is not None:
+        from .rewards.fluency import FluencyReward
+
+        rewards.append((FluencyReward(engine), fluency))  # judged by the LM the search runs
     result = _run_with_progress(engine, the_prompt, rewards, config, show=show)
 
     greedy = None
