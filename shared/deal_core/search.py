@@ -2,12 +2,13 @@
 
 Decoding is a search over continuations. At every step:
 
-1. each live beam proposes its ``top_k`` next tokens by LM probability;
+1. each live beam proposes its ``top_k`` next tokens by LM probability (plus an "end here" EOS
+   candidate when a reward cares how texts end: it needs no rollout, so it costs no forward);
 2. every candidate is rolled out ``lookahead`` tokens greedily -- all candidates of all beams of all
    prompts in ONE batched forward per lookahead position, each row starting from its beam's KV cache
    (rows are copied from the beam, never recomputed);
 3. the rollout text (generated so far + candidate + lookahead) is scored by the rewards, once per
-   distinct text per search;
+   distinct text per search (end-aware rewards also learn whether the rollout is complete);
 4. score = log P(committed tokens | prompt) + reward_scale * sum_i w_i * R_i(prompt, rollout);
 5. the best ``beam_width`` hypotheses (new candidates and already finished ones) survive. A survivor
    commits its candidate token plus the next ``commit_tokens - 1`` rollout tokens, and keeps the
