@@ -162,7 +162,8 @@ def run_engine(engine, cases, requests, rewards, config: SearchConfig, store: St
         chunk = todo[i: i + batch]
         prompts = [messages(requests[c["id"]]) for c in chunk]
         start = time.perf_counter()
-        results = engine.search_batch(prompts, rewards(chunk), config)
+        # Greedy ignores rewards (reward_scale 0, one candidate): do not pay for scoring them.
+        results = engine.search_batch(prompts, None if config.is_greedy else rewards(chunk), config)
         seconds = (time.perf_counter() - start) / len(chunk)
         for c, r in zip(chunk, results):
             n_prompt = len(prepare_prompt(engine.tokenizer, engine.model, messages(requests[c["id"]]),
