@@ -476,8 +476,9 @@ def report(args) -> str:
                 f"{mean(rows, 'lm_tokens'):.0f} | {mean(rows, 'seconds'):.1f} |")
         parts.append("\nppl = median over cases of exp(mean token NLL) of the output under the same LM, "
                      "given the chat prompt, or as a text alone (after BOS). `bon` = best-of-N sampling "
-                     "reranked by the same reward, N matched to DeAL's LM tokens; `-fluency0.3` = the "
-                     "reward adds `FluencyReward` with weight 0.3.")
+                     "reranked by the same reward, N matched to DeAL's LM tokens; `deal-fluencyW` = the "
+                     "reward adds `FluencyReward` with weight W (text-alone log-prob; its LM tokens are "
+                     "not in `LM tokens / case`, which counts the search's own forwards).")
 
     ln = {m: list(Store("length", m).rows.values()) for m in methods}
     if any(ln.values()):
@@ -543,14 +544,21 @@ def plot_weights(data: dict[float, list[dict]]) -> None:
     import matplotlib.pyplot as plt
 
     PLOTS.mkdir(exist_ok=True)
-    pts = [(w, mean(r, "harmless"), mean(r, "helpful")) for w, r in data.items() if r]
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot([p[2] for p in pts], [p[1] for p in pts], "o-")
-    for w, h, u in pts:
-        ax.annotate(f"w_harmless={w:g}", (u, h), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("mean helpfulness (rubric judge)")
-    ax.set_ylabel("mean harmlessness (learned head)")
-    ax.set_title("DeAL: harmless vs helpful weights")
+    pts = sorted((w, mean(r, "harmless"), mean(r, "helpful")) for w, r in data.items() if r)
+    greedy = {r["id"]: r for r in Store("harmless", "greedy").rows.values()}
+    ids = {r["id"] for rows in data.values() for r in rows}
+    same = [greedy[i] for i in ids if i in greedy and "harmless" in greedy[i]]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="harmless (learned head)")
+    ax.plot([p[0] for p in pts], [p[2] for p in pts], "s-", label="helpful (rubric judge)")
+    if same:  # greedy on the same prompts, for reference
+        ax.axhline(mean(same, "harmless"), color="tab:blue", ls=":", lw=1, label="greedy harmless")
+        ax.axhline(mean(same, "helpful"), color="tab:orange", ls=":", lw=1, label="greedy helpful")
+    ax.set_xlabel("w_harmless (w_helpful = 1 - w_harmless)")
+    ax.set_ylabel("mean score")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"DeAL: harmless vs helpful weights (N = {len(ids)})")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(PLOTS / "weights.png", dpi=120)
     plt.close(fig)
@@ -579,16 +587,19 @@ def plot_sweep(data: dict[tuple[str, int], list[dict]]) -> None:
     plt.close(fig)
 
 
+BEGIN, END = "<!-- quality tables: begin (written by quality.py report --write) -->", "<!-- quality tables: end -->"
+
+
 def write_results(text: str) -> None:
-    """Replace the ``## Quality`` section of RESULTS.md (other sections are left as they are)."""
-    head = "## Quality (`benchmarks/quality.py`)"
+    """Replace the generated tables in RESULTS.md (between the markers); the hand-written reading of
+    them and every other section stay as they are."""
     doc = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if head in doc:
-        before, after = doc.split(head, 1)
-        nxt = after.find("\n## ")
-        doc = before + head + "\n\n" + text + "\n" + (after[nxt:] if nxt >= 0 else "")
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in doc and END in doc:
+        before, rest = doc.split(BEGIN, 1)
+        doc = before + block + rest.split(END, 1)[1]
     else:
-        doc = doc.rstrip() + "\n\n" + head + "\n\n" + text + "\n"
+        doc = doc.rstrip() + "\n\n## Quality (`benchmarks/quality.py`)\n\n" + block + "\n"
     RESULTS.write_text(doc)
 
 
