@@ -156,7 +156,7 @@ def messages(request: str) -> list[dict]:
 def run_engine(engine, cases, requests, rewards, config: SearchConfig, store: Store, batch: int,
                extra: Callable[[dict, object], dict], desc: str) -> None:
     """Search the cases ``batch`` at a time (their candidates share forwards); store each row."""
-    todo = store.todo(cases)
+    todo = store.todo(cases)[:: -1 if REVERSE else 1]
     bar = tqdm(total=len(todo), desc=desc, unit="case", file=sys.stderr)
     for i in range(0, len(todo), batch):
         chunk = todo[i: i + batch]
@@ -302,6 +302,7 @@ def harmless_rewards(w_harmless: float):
     return items
 
 
+REVERSE = False  # --reverse: a second worker on the same run starts from the other end
 CLASSIFIER: str | None = None  # --classifier: a reward model / classifier to add as a column
 
 
@@ -621,13 +622,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="harmless/weights: also score replies with this HF classifier or reward model "
                          "(id or local path; none ships with the project)")
     ap.add_argument("--tag", default="", help="suffix for the result files (experiments beside the main run)")
+    ap.add_argument("--reverse", action="store_true",
+                    help="take the cases last to first: a second worker (with its own --tag) meets the "
+                         "first in the middle; merge the two files afterwards")
     ap.add_argument("--fresh", action="store_true", help="discard stored rows and start over")
     ap.add_argument("--write", action="store_true", help="report: write the tables into RESULTS.md")
     args = ap.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
-    global TAG, CLASSIFIER
+    global TAG, CLASSIFIER, REVERSE
     TAG = f"-{args.tag}" if args.tag else ""
-    CLASSIFIER = args.classifier
+    CLASSIFIER, REVERSE = args.classifier, args.reverse
     if args.task == "report":
         text = report(args)
         print(text)
