@@ -297,13 +297,14 @@ class SearchState:
 
         # ---- 4. Score: each reward once per step, on texts not seen before. ------------------------
         # Texts are keyed with whether they are complete: an end-aware reward may score them apart.
-        keys = [(c[1], c[2] and rewards.end_aware) for c in cands]
+        aware = rewards.end_aware
+        keys = [(c[1], c[2] and aware) for c in cands]
         if rewards:
             fresh = list(dict.fromkeys(key for key in keys if key not in self.scored))
             self.stats.cache_hits += n_cands - len(fresh)
             if fresh:
                 values = rewards.evaluate(self.prompt.reward_prompt, [t for t, _ in fresh],
-                                          [e for _, e in fresh] if rewards.end_aware else None)
+                                          [e for _, e in fresh] if aware else None)
                 for key, v in zip(fresh, values):
                     self.scored[key] = v
                 self.stats.reward_calls += len(rewards)

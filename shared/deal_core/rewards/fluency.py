@@ -158,29 +158,25 @@ class FluencyReward(Reward):
         return out
 
     def _suffix_batch(self, start: _Prefix, n_prefix: int, suffixes: list[list[int]]) -> list[float]:
+        # Every suffix has a token: _groups keeps each member's last token out of the prefix.
         model, device = self.engine.model, self.engine.device
-        full = [s for s in suffixes if s]
-        result = {}
-        if full:
-            n, width = len(full), max(len(s) for s in full)
-            ids = torch.zeros((n, width), dtype=torch.long)
-            mask = torch.zeros((n, n_prefix + width), dtype=torch.long)
-            mask[:, :n_prefix] = 1
-            for i, s in enumerate(full):  # right padding: a real token never attends to a pad after it
-                ids[i, : len(s)] = torch.tensor(s)
-                mask[i, n_prefix: n_prefix + len(s)] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            positions = torch.arange(n_prefix, n_prefix + width, device=device)[None, :].expand(n, -1)
-            cache = select_rows(start.cache, torch.zeros(n, dtype=torch.long))
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                           past_key_values=cache, use_cache=True).logits
-            lp = torch.log_softmax(logits.float(), -1)
-            inner = lp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
-            first = start.next_lp[ids[:, 0]]
-            self.tokens_run += sum(len(s) for s in full)
-            for i, s in enumerate(full):
-                result[id(s)] = float(first[i]) + float(inner[i, : len(s) - 1].sum())
-        return [start.logprob + result.get(id(s), 0.0) for s in suffixes]
+        n, width = len(suffixes), max(len(s) for s in suffixes)
+        ids = torch.zeros((n, width), dtype=torch.long)
+        mask = torch.zeros((n, n_prefix + width), dtype=torch.long)
+        mask[:, :n_prefix] = 1
+        for i, s in enumerate(suffixes):  # right padding: a real token never attends to a pad after it
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, n_prefix: n_prefix + len(s)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = torch.arange(n_prefix, n_prefix + width, device=device)[None, :].expand(n, -1)
+        cache = select_rows(start.cache, torch.zeros(n, dtype=torch.long))
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       past_key_values=cache, use_cache=True).logits
+        inner = torch.log_softmax(logits.float(), -1)[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+        first = start.next_lp[ids[:, 0]]
+        self.tokens_run += sum(len(s) for s in suffixes)
+        return [start.logprob + float(first[i]) + float(inner[i, : len(s) - 1].sum())
+                for i, s in enumerate(suffixes)]
 
 
 def _groups(rows: list[list[int]]) -> list[tuple[tuple[int, ...] | None, list[int]]]:
