@@ -55,3 +55,11 @@ def test_shared_prefixes_score_like_whole_texts(engine: Engine) -> None:
         want = [whole._whole_mean(t) for t in texts]
         assert all(math.isclose(a, b, abs_tol=2e-3) for a, b in zip(got, want)), (got, want)
     assert cached.tokens_run < 0.6 * whole.tokens_run
+
+
+def test_empty_candidates_score_neutral_bad_not_crash(engine: Engine) -> None:
+    # An "end here" candidate at the first step is the empty text; it must not break the batch.
+    reward = FluencyReward(engine)
+    got = reward.score("", ["", "A dog sleeps.", ""])
+    assert got[0] == got[2] == -10.0
+    assert math.isclose(got[1], reward._whole_mean("A dog sleeps."), abs_tol=1e-4)

@@ -81,10 +81,14 @@ class FluencyReward(Reward):
         # how their pretraining data separates documents.
         head = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         rows = [[head] + tok(t, add_special_tokens=False)["input_ids"] for t in candidates]
-        out: list[float | None] = [None] * len(rows)
+        # An empty candidate (e.g. "end here" at the first step) has nothing to judge: neutral-bad,
+        # not -inf (that would forbid it outright).
+        out: list[float] = [-10.0] * len(rows)
+        judged = [i for i, r in enumerate(rows) if len(r) > 1]
         with self._lock, torch.inference_mode():  # a reward may be called from several searches
             lone: list[int] = []
-            for prefix, members in _groups(rows):
+            for prefix, group in _groups([rows[i] for i in judged]):
+                members = [judged[j] for j in group]
                 if prefix is None:
                     lone += members
                     continue
@@ -96,8 +100,7 @@ class FluencyReward(Reward):
                 idx = lone[b: b + self.batch_size]
                 for i, lp in zip(idx, self._whole([rows[i] for i in idx])):
                     out[i] = lp / (len(rows[i]) - 1)
-        # An empty candidate has nothing to judge yet: neutral-bad, not -inf (that would forbid it).
-        return [v if len(r) > 1 else -10.0 for v, r in zip(out, rows)]
+        return out
 
     def _whole_mean(self, text: str) -> float:
         """The score of one text computed whole, no prefix cache (the reference the tests use)."""
