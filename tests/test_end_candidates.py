@@ -31,3 +31,13 @@ def test_end_candidates_are_opt_in_for_other_rewards(tiny):
     forced = tiny.search("Once upon a time", [lambda p, t: 0.0], config.model_copy(update={"propose_eos": True}))
     first = forced.trace[0].candidates  # one beam at step 0: its 3 top-k tokens and one EOS
     assert len(first) == 4 and [c.finished for c in first] == [False, False, False, True]
+
+
+def test_end_candidates_with_a_model_reward(tiny, engine):
+    # The first step's "end here" candidate is the empty text: every reward must take it.
+    from deal_core import FluencyReward
+
+    config = make_config(beam_width=2, top_k=3, lookahead=2, max_new_tokens=8)
+    result = tiny.search("Once upon a time", [LengthReward(4), (FluencyReward(engine), 0.1)], config)
+    first = result.trace[0].candidates
+    assert first[-1].finished and first[-1].rollout_text == "" and first[-1].rewards["fluency"] == -10.0
