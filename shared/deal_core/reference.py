@@ -18,8 +18,8 @@ from transformers import GenerationConfig
 from .config import SearchConfig
 from .result import SearchResult, SearchStats
 from .rewards import RewardSet
-from .search import (PreparedPrompt, _Decoder, _Hyp, eos_candidates, eos_token_ids, make_candidate, select,
-                     set_score, step_plan)
+from .search import (PreparedPrompt, _Decoder, _Hyp, eos_candidates, eos_token_ids, make_candidate,
+                     proposes_eos, select, set_score, step_plan)
 
 
 def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSet,
@@ -32,13 +32,13 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
     no_rewards = tuple(0.0 for _ in rewards.items)
     beams = [_Hyp([], "", 0.0, 0.0, no_rewards)]
     finished: list[_Hyp] = []
+    propose_eos = proposes_eos(config, rewards)
 
     while True:
         commit, look, _ = step_plan(config, len(beams[0].tokens))
         n_generate = max(look, commit - 1)  # rollout tokens needed after the candidate token
         candidates: list[_Hyp] = []
         ends: list[tuple[_Hyp, list[int], list[float]]] = []  # "end here" candidates go last
-        propose_eos = config.propose_eos if config.propose_eos is not None else rewards.end_aware
         for beam in beams:
             context = prompt.input_ids + beam.tokens
             with torch.inference_mode():

@@ -182,6 +182,11 @@ def make_candidate(dec: _Decoder, eos: set[int], beam: _Hyp, row: list[int], row
     return hyp, rollout_text, ended, new, new_lp
 
 
+def proposes_eos(config: SearchConfig, rewards: RewardSet) -> bool:
+    """Whether a search adds "end here" candidates: as configured, else when a reward is end-aware."""
+    return config.propose_eos if config.propose_eos is not None else rewards.end_aware
+
+
 def eos_candidates(eos: set[int], next_lp: torch.Tensor, top_ids: torch.Tensor) -> list[tuple[int, int, float]]:
     """"End here" proposals: per beam, its most likely EOS token unless top-k already holds one.
 
@@ -243,7 +248,7 @@ class SearchState:
         self.stats = SearchStats()
         self.trace: list[TraceStep] = []
         self.scored: dict[tuple[str, bool], tuple[float, ...]] = {}  # (rollout text, ended) -> values
-        self.propose_eos = config.propose_eos if config.propose_eos is not None else rewards.end_aware
+        self.propose_eos = proposes_eos(config, rewards)
         no_rewards = tuple(0.0 for _ in rewards.items)
         self.live: list[_Hyp] = [_Hyp([], "", 0.0, 0.0, no_rewards)]
         self.finished: list[_Hyp] = []  # finished hypotheses still in the beam

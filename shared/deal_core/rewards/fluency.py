@@ -75,12 +75,7 @@ class FluencyReward(Reward):
     def score(self, prompt: str, candidates: Sequence[str]) -> list[float]:
         if not candidates:
             return []
-        engine = self.engine
-        tok = engine.tokenizer
-        # A start token gives the first word a context; models without BOS use their EOS, which is
-        # how their pretraining data separates documents.
-        head = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        rows = [[head] + tok(t, add_special_tokens=False)["input_ids"] for t in candidates]
+        rows = self._rows(candidates)
         # An empty candidate (e.g. "end here" at the first step) has nothing to judge: neutral-bad,
         # not -inf (that would forbid it outright).
         out: list[float] = [-10.0] * len(rows)
@@ -102,11 +97,16 @@ class FluencyReward(Reward):
                     out[i] = lp / (len(rows[i]) - 1)
         return out
 
+    def _rows(self, texts: Sequence[str]) -> list[list[int]]:
+        """Start token + each text's tokens. A start token gives the first word a context; models
+        without BOS use their EOS, which is how their pretraining data separates documents."""
+        tok = self.engine.tokenizer
+        head = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        return [[head] + tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
     def _whole_mean(self, text: str) -> float:
         """The score of one text computed whole, no prefix cache (the reference the tests use)."""
-        tok = self.engine.tokenizer
-        row = [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
-        row += tok(text, add_special_tokens=False)["input_ids"]
+        row = self._rows([text])[0]
         with self._lock, torch.inference_mode():
             return self._whole([row])[0] / (len(row) - 1)
 
