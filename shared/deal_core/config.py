@@ -37,7 +37,8 @@ class SearchConfig(BaseModel):
         default_factory=list, description="Stop strings; the text is cut before the first one found."
     )
     reward_scale: float = Field(
-        10.0, ge=0.0, description="lambda: weight of the summed rewards against the LM log-probability."
+        10.0, ge=0.0, allow_inf_nan=False,  # inf * a reward of 0 is NaN, and NaN has no order
+        description="lambda: weight of the summed rewards against the LM log-probability (finite).",
     )
     alignment_prompt: str | None = Field(
         None,
@@ -48,7 +49,11 @@ class SearchConfig(BaseModel):
         description="Add an 'end here' (EOS) candidate per beam at every step, which top-k rarely holds "
         "mid-sentence. None: only when a reward is end-aware (LengthReward).",
     )
-    seed: int | None = Field(None, description="Seeds torch before the search, for reproducible runs.")
+    seed: int | None = Field(
+        None, ge=0, le=2**64 - 1,  # what torch.Generator.manual_seed accepts
+        description="Seeds this request's own torch.Generator (never torch's global RNG), for "
+        "reproducible runs of anything that samples.",
+    )
     trace: bool = Field(True, description="Record every step's candidates in SearchResult.trace.")
     timeout: float | None = Field(
         None, gt=0, description="Seconds after which the search raises SearchTimeout."

@@ -38,3 +38,19 @@ class SearchTimeout(DeALError, TimeoutError):
 
 class SearchCancelled(DeALError):
     """A search was cancelled by its caller (e.g. an async task was cancelled or a stream closed)."""
+
+
+class NoValidCandidate(DeALError):
+    """Every candidate was forbidden (a hard constraint scored it ``-inf``): there is no allowed answer.
+
+    ``rewards`` names the reward(s) that forbade the final candidates.
+    """
+
+    def __init__(self, message: str, *, rewards: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.rewards = rewards or []
+
+
+class ModelRunError(DeALError, RuntimeError):
+    """The LM failed while running this request alone (requests batched with it were retried
+    without it and are unaffected). The message carries the underlying error."""

@@ -33,11 +33,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Union
 
-import torch
 from pydantic import BaseModel
 
 from .config import SearchConfig
-from .errors import ConfigError, SearchCancelled
+from .errors import ConfigError, DeALError, ModelRunError, SearchCancelled
 from .kv import cache_bytes
 from .result import SearchResult
 from .rewards import RewardSet
@@ -340,17 +339,33 @@ class Scheduler:
             waits.append(0.02)  # an external threading.Event cannot wake us: poll it
         return max(min(waits), 0.0)
 
-    def _prefill(self, tickets: list[Ticket]) -> None:
+    def _isolated(self, work: Callable[[list[Ticket]], None], tickets: list[Ticket]) -> list[Ticket]:
+        """Run ``work`` on ``tickets`` together; if it raises, retry each request alone, so only a
+        request that fails by itself fails (with :class:`ModelRunError`). Returns those that ran."""
+        saved = [(t.state.cache, t.state.next_lp) for t in tickets]
         try:
-            for t in tickets:
-                if t.state.config.seed is not None:
-                    torch.manual_seed(t.state.config.seed)
-            prefill(self.model, [t.state for t in tickets], self.pad_id)
-        except Exception as exc:  # the model failed on these prompts: fail them, keep serving others
-            with self._cond:
-                for t in tickets:
-                    self._fail(t, exc)
-            return
+            work(tickets)
+            return tickets
+        except Exception as exc:  # noqa: BLE001 -- whatever the model raised, isolate it
+            if len(tickets) == 1 or isinstance(exc, SearchCancelled):
+                with self._cond:
+                    for t in tickets:
+                        self._fail(t, _run_error(exc))
+                return []
+        ok: list[Ticket] = []
+        for t, (cache, next_lp) in zip(tickets, saved):  # undo the shared attempt, then go one by one
+            t.state.cache, t.state.next_lp, t.state.pending = cache, next_lp, None
+        for t in tickets:
+            try:
+                work([t])
+                ok.append(t)
+            except Exception as exc:  # noqa: BLE001
+                with self._cond:
+                    self._fail(t, _run_error(exc))
+        return ok
+
+    def _prefill(self, tickets: list[Ticket]) -> None:
+        tickets = self._isolated(lambda ts: prefill(self.model, [t.state for t in ts], self.pad_id), tickets)
         with self._cond:
             self._counts["prefills"] += 1
             for t in tickets:
@@ -359,12 +374,9 @@ class Scheduler:
 
     def _forward(self, tickets: list[Ticket]) -> None:
         start = time.perf_counter()
-        try:
-            forward(self.model, [t.state for t in tickets], stop=lambda: self._closing)
-        except Exception as exc:
-            with self._cond:
-                for t in tickets:
-                    self._fail(t, exc)
+        tickets = self._isolated(
+            lambda ts: forward(self.model, [t.state for t in ts], stop=lambda: self._closing), tickets)
+        if not tickets:
             return
         took = time.perf_counter() - start
         with self._cond:
@@ -408,6 +420,15 @@ class Scheduler:
             t.state.release()
         self._counts["failed"] += 1
         t._emit(Failed(error))
+
+
+def _run_error(exc: BaseException) -> BaseException:
+    """What a request whose model work failed receives: a DeALError as is, anything else named."""
+    if isinstance(exc, DeALError):
+        return exc
+    error = ModelRunError(f"the model failed on this request: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def _cancelled() -> SearchCancelled:

@@ -259,6 +259,9 @@ class SearchState:
         self.step = 0
         self.emitted = ""
         self.result: SearchResult | None = None
+        # Randomness belongs to the request: its own generator, never torch's global RNG, so one
+        # request's seed neither reseeds nor fails anyone else's (a backend that samples uses it).
+        self.generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
 
     @property
     def generated(self) -> int:
@@ -475,8 +478,6 @@ def run_search(
     """Search ``prompts`` together in this thread, step by step (the engine's scheduler does the
     same work for many callers at once). Yields a :class:`StepUpdate` per step; returns the results."""
     t0 = time.perf_counter()
-    if config.seed is not None:
-        torch.manual_seed(config.seed)
     eos = eos_token_ids(model, tokenizer)
     states = [SearchState(p, rewards, config, tokenizer, eos, t0=t0) for p in prompts]
     prefill(model, states, pad_token_id(tokenizer, eos))
