@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Union
 
 from .errors import ConfigError, ContextLengthError
-from .search import PreparedPrompt
 
 Message = Mapping[str, Any]
 Prompt = Union[str, Sequence[Message]]
 """A raw string, or a list of ``{"role": ..., "content": ...}`` chat messages."""
 
 _ROLES = {"system", "user", "assistant", "tool"}
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A prompt ready for the LM: token ids, plus the text rewards see as "the prompt"."""
+
+    input_ids: list[int]
+    reward_prompt: str
 
 
 def context_window(model) -> int | None:

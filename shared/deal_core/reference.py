@@ -16,9 +16,10 @@ import torch
 from transformers import GenerationConfig
 
 from .config import SearchConfig
+from .prompts import PreparedPrompt
 from .result import SearchResult, SearchStats
 from .rewards import RewardSet
-from .search import (PreparedPrompt, _Decoder, _Hyp, eos_candidates, eos_token_ids, make_candidate,
+from .search import (_Decoder, _Hyp, eos_candidates, eos_token_ids, make_candidate,
                      proposes_eos, select, set_score, step_plan)
 
 

@@ -38,9 +38,10 @@ from pydantic import BaseModel
 from .config import SearchConfig
 from .errors import ConfigError, DeALError, ModelRunError, SearchCancelled
 from .kv import cache_bytes
+from .prompts import PreparedPrompt
 from .result import SearchResult
 from .rewards import RewardSet
-from .search import PreparedPrompt, SearchState, eos_token_ids, forward, pad_token_id, prefill
+from .search import SearchState, eos_token_ids, forward, pad_token_id, prefill
 
 # ---- What a caller receives -----------------------------------------------------------------------
 

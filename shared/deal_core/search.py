@@ -41,16 +41,9 @@ from transformers import DynamicCache
 from .config import SearchConfig
 from .errors import SearchCancelled, SearchTimeout
 from .kv import merge_expanded, take
+from .prompts import PreparedPrompt
 from .result import FinishReason, SearchResult, SearchStats, TraceCandidate, TraceStep
 from .rewards import RewardSet
-
-
-@dataclass(frozen=True)
-class PreparedPrompt:
-    """A prompt ready for the LM: token ids, plus the text rewards see as "the prompt"."""
-
-    input_ids: list[int]
-    reward_prompt: str
 
 
 @dataclass
