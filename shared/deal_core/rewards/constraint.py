@@ -7,6 +7,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .base import Reward
+from .combine import as_reward
 
 
 class Constraint(Reward):
@@ -18,8 +19,6 @@ class Constraint(Reward):
     """
 
     def __init__(self, reward: Any, threshold: float, *, name: str | None = None) -> None:
-        from .combine import as_reward  # combine imports this module's users: import late
-
         self.reward = as_reward(reward)
         try:
             self.threshold = float(threshold)

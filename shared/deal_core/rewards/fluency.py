@@ -19,6 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from ..kv import select_rows
+from ..models import get_model
 from .base import Reward
 
 #: Candidates that share at least this many leading tokens are scored from one cached prefix.
@@ -42,8 +43,10 @@ class FluencyReward(Reward):
     20-50), a list of words about -5 or lower. Use it with a weight next to a constraint reward, e.g.
     ``[KeywordReward(words), (FluencyReward(), 0.1)]``.
 
-    ``model``: None = the shared default engine's LM (no second copy in memory), a model id/path,
-    or an :class:`~deal_core.engine.Engine`.
+    ``model``: None = the embedded default LM, or a model id/path -- both from the process-wide
+    model registry (:func:`deal_core.models.get_model`), so an engine on the same model shares the
+    weights; or anything that has ``model``, ``tokenizer`` and ``device`` (a
+    :class:`~deal_core.models.LoadedModel`, an :class:`~deal_core.engine.Engine`).
 
     Why it is cheap inside a search: one step's candidates are a few beams' text plus a different
     continuation each, and the next step's beams extend this step's. So candidates sharing a
@@ -65,11 +68,12 @@ class FluencyReward(Reward):
         self.tokens_run = 0  # tokens through the LM so far (for benchmarks)
 
     @property
-    def engine(self):
+    def engine(self) -> Any:
+        """The LM this reward reads (model, tokenizer, device), resolved on first use."""
         if self._engine is None:
-            from ..engine import Engine, get_engine
-
-            self._engine = self._spec if isinstance(self._spec, Engine) else get_engine(self._spec)
+            spec = self._spec
+            has_lm = all(hasattr(spec, a) for a in ("model", "tokenizer", "device"))
+            self._engine = spec if has_lm else get_model(spec)
         return self._engine
 
     def score(self, prompt: str, candidates: Sequence[str]) -> list[float]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .base import Reward
+from .combine import as_reward
 
 METHODS = ("sigmoid", "tanh", "clip")
 
@@ -31,8 +32,6 @@ class Normalized(Reward):
 
     def __init__(self, reward: Any, method: str = "sigmoid", *, center: float = 0.0, scale: float = 1.0,
                  low: float | None = None, high: float | None = None, name: str | None = None) -> None:
-        from .combine import as_reward
-
         if method not in METHODS:
             raise ConfigError(f"Normalized method must be one of {METHODS}, got {method!r}")
         if not scale > 0:

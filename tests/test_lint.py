@@ -1,0 +1,28 @@
+"""Static checks that `.ci/run` (pytest) enforces: the import contracts in pyproject.toml.
+
+They run the tools on this checkout (``shared/`` and the repo root first on ``PYTHONPATH``), not on
+whatever copy of the package is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / tool
+    assert exe.exists(), f"{tool} is not installed next to {sys.executable}; run `bash scripts/setup.sh`"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "shared"), str(ROOT)])}
+    return subprocess.run([str(exe), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_import_contracts_hold():
+    """The dependency direction of DESIGN.md: no module imports a layer above it (no import cycle)."""
+    out = _run("lint-imports", "--no-cache")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "0 broken" in out.stdout
