@@ -10,9 +10,8 @@ and every answer is scored by both rewards, so the trade-off is visible in the n
 
 Rewards: ``HarmlessnessReward`` (the learned head on MiniLM embeddings, the default harmlessness
 reward: best accuracy per second in ``benchmarks/RESULTS.md``) and a helpfulness rubric judged by
-the embedded model. The head trains once on first use from ``../shared/data`` (Anthropic HH-RLHF
-harmless-base, Bai et al., 2022, MIT; ~1-3 min on 2 CPU cores) and is cached; set ``DEAL_DATA_DIR`` if the data
-is elsewhere. Everything runs offline on CPU: about 2 minutes on an idle 2-core machine (each
+the embedded model. The head ships with the package (trained on Anthropic HH-RLHF harmless-base,
+Bai et al., 2022, MIT, by ``scripts/train_harmless_head.py``), so no data is needed. Everything runs offline on CPU: about 2 minutes on an idle 2-core machine (each
 DeAL answer is 16 steps x 8 candidates, every one judged by both rewards).
 """
 

@@ -1,11 +1,13 @@
-"""Greedy vs DeAL on CommonGen concept sets: the keyword-constraint task of the DeAL paper.
+"""Greedy vs DeAL on keyword concept sets: the keyword-constraint task of the DeAL paper.
 
-    python examples/keywords.py --data ../shared/data [--n 3] [--fluency 0.1]
+    python examples/keywords.py                            # the concept sets written below
+    python examples/keywords.py --data ../shared/data --n 20 [--offset 0] [--fluency 0.1]   # CommonGen
 
 The rewards: keyword coverage, plus fluency (the text scored by the LM on its own, without the
 request) so that the words come in a sentence, not a list ("Dance, kid, room.").
 
-Data: CommonGen dev (Lin et al., 2020, MIT), read from ``--data``; nothing is copied.
+Data: with no ``--data``, a handful of concept sets written for this example (``SETS``); with
+``--data DIR``, CommonGen dev (Lin et al., 2020, MIT) from ``DIR/commongen_dev.jsonl``; nothing is copied.
 Runs offline on the embedded SmolLM2-135M-Instruct (first run converts it once, ~30 s).
 """
 
@@ -19,9 +21,21 @@ from pathlib import Path
 from deal_core import FluencyReward, KeywordReward, SearchConfig, get_engine
 
 PROMPT = "Write one short sentence that uses all of these words: {words}."
+# Written for this demo (everyday scenes, CommonGen-style: 3-4 concepts, a verb among them).
+SETS = [
+    ["dog", "frisbee", "catch", "park"],
+    ["chef", "knife", "onion", "chop"],
+    ["boat", "lake", "fish", "morning"],
+    ["child", "kite", "wind", "beach"],
+    ["guitar", "stage", "play", "crowd"],
+    ["snow", "mountain", "ski"],
+]
 
 
-def load_sets(data: Path, n: int, offset: int) -> list[list[str]]:
+def load_sets(data: Path | None, n: int, offset: int) -> list[list[str]]:
+    """``n`` concept sets from ``offset``: the built-in ``SETS``, or CommonGen dev from ``data``."""
+    if data is None:
+        return SETS[offset: offset + n]
     path = data / "commongen_dev.jsonl"
     if not path.is_file():
         raise SystemExit(f"error: {path} not found; pass --data pointing at the folder holding it")
@@ -31,7 +45,8 @@ def load_sets(data: Path, n: int, offset: int) -> list[list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="folder holding commongen_dev.jsonl (default: the built-in concept sets)")
     parser.add_argument("--n", type=int, default=3, help="concept sets to run")
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=40)
@@ -45,6 +60,8 @@ def main() -> None:
     greedy = SearchConfig.greedy(args.max_new_tokens, stop=["\n"])
     totals = {"greedy": 0.0, "deal": 0.0}
     sets = load_sets(args.data, args.n, args.offset)
+    if not sets:
+        raise SystemExit(f"error: no concept sets at --offset {args.offset} (--n {args.n})")
     for words in sets:
         prompt = [{"role": "user", "content": PROMPT.format(words=", ".join(words))}]
         reward = KeywordReward(words)

