@@ -15,7 +15,9 @@ from .errors import (
     RewardError,
     SearchCancelled,
     SearchTimeout,
+    StructureError,
 )
+from .structure import ResponseFormat
 from .models import DEFAULT_MODEL, cache_dir, load_model
 from .result import SearchResult, SearchStats, TraceCandidate, TraceStep
 from .judge import Judge, get_judge
@@ -71,6 +73,8 @@ __all__ = [
     "SearchResult",
     "SearchStats",
     "SearchTimeout",
+    "StructureError",
+    "ResponseFormat",
     "TraceCandidate",
     "TraceStep",
     "WeightedReward",

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .structure.formats import ResponseFormat, as_response_format
 
 
 class SearchConfig(BaseModel):
@@ -49,6 +50,12 @@ class SearchConfig(BaseModel):
         description="Add an 'end here' (EOS) candidate per beam at every step, which top-k rarely holds "
         "mid-sentence. None: only when a reward is end-aware (LengthReward).",
     )
+    response_format: ResponseFormat | None = Field(
+        None,
+        description="A hard structural constraint on the answer: a ResponseFormat, a pydantic model or "
+        "TypedDict class, a JSON schema dict, or {'type': 'json_schema' | 'json_object' | 'regex' | "
+        "'grammar', ...}. Every candidate and rollout is masked to it; the answer is complete and valid.",
+    )
     seed: int | None = Field(
         None, ge=0, le=2**64 - 1,  # what torch.Generator.manual_seed accepts
         description="Seeds this request's own torch.Generator (never torch's global RNG), for "
@@ -75,6 +82,11 @@ class SearchConfig(BaseModel):
             return [v]
         return v
 
+    @field_validator("response_format", mode="before")
+    @classmethod
+    def _response_format(cls, v: Any) -> Any:
+        return as_response_format(v)
+
     @field_validator("stop")
     @classmethod
     def _stop_nonempty(cls, v: list[str]) -> list[str]:
@@ -89,6 +101,11 @@ class SearchConfig(BaseModel):
                 f"commit_tokens={self.commit_tokens} needs lookahead >= {self.commit_tokens - 1} "
                 f"(got lookahead={self.lookahead}): only rolled-out tokens can be committed"
             )
+        if self.response_format is not None and self.stop:
+            raise ValueError(
+                f"stop strings {self.stop} cannot be combined with response_format "
+                f"{self.response_format.name!r}: a stop string could cut a structured answer short; "
+                "drop the stop strings (the format decides where the answer ends)")
         return self
 
     @classmethod

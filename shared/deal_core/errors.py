@@ -54,3 +54,11 @@ class NoValidCandidate(DeALError):
 class ModelRunError(DeALError, RuntimeError):
     """The LM failed while running this request alone (requests batched with it were retried
     without it and are unaffected). The message carries the underlying error."""
+
+
+class StructureError(DeALError):
+    """A search with a ``response_format`` found no way to complete it within ``max_new_tokens``.
+
+    The search never returns an incomplete or invalid structured answer as if it were valid; it raises
+    this instead (raise ``max_new_tokens``, or simplify the schema or grammar).
+    """

@@ -13,14 +13,15 @@ from __future__ import annotations
 import time
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from .config import SearchConfig
 from .prompts import PreparedPrompt
 from .result import SearchResult, SearchStats
 from .rewards import RewardSet
-from .search import (_Decoder, _Hyp, eos_candidates, eos_token_ids, make_candidate,
-                     proposes_eos, select, set_score, step_plan)
+from .errors import StructureError
+from .search import (_Decoder, _Hyp, apply_mask, eos_candidates, eos_token_ids, make_candidate,
+                     make_constraint, proposes_eos, select, set_score, step_plan, structurally_valid)
 
 
 def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSet,
@@ -34,6 +35,8 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
     beams = [_Hyp([], "", 0.0, 0.0, no_rewards)]
     finished: list[_Hyp] = []
     propose_eos = proposes_eos(config, rewards)
+    # A response_format masks the expansion and every generated rollout token (a logits processor).
+    constraint = make_constraint(config, model, tokenizer, eos)
 
     while True:
         commit, look, _ = step_plan(config, len(beams[0].tokens))
@@ -47,11 +50,14 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
             stats.lm_forward_passes += 1
             stats.lm_tokens += len(context)
             next_lp = torch.log_softmax(logits, -1)
+            if constraint is not None:
+                next_lp = apply_mask(next_lp[None], constraint.mask(beam.tokens))[0]
             top_lp, top_ids = next_lp.topk(min(config.top_k, logits.shape[-1]))
             for token, token_lp in zip(top_ids.tolist(), top_lp.tolist()):
                 row, row_lp = [token], [token_lp]
                 if n_generate:
-                    row_more, lp_more = _generate(model, context + [token], n_generate, device, eos, stats)
+                    row_more, lp_more = _generate(model, context + [token], n_generate, device, eos, stats,
+                                                  constraint, beam.tokens + [token])
                     row, row_lp = row + row_more, row_lp + lp_more
                 candidates.append(_scored(dec, eos, beam, row, row_lp, commit, look, prompt, rewards,
                                           config, stats))
@@ -61,6 +67,11 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
         for beam, row, row_lp in ends:
             candidates.append(_scored(dec, eos, beam, row, row_lp, 1, 0, prompt, rewards, config, stats))
         stats.steps += 1
+        if constraint is not None:
+            candidates = [h for h in candidates if structurally_valid(constraint, h)]
+            if not finished and not candidates:
+                raise StructureError(f"no candidate can complete response_format "
+                                     f"{config.response_format.name!r} within max_new_tokens")
         pool = finished + candidates
         survivors = [pool[i] for i in select(pool, lambda h: (h.score, h.logprob), config.beam_width)]
         finished = [h for h in survivors if h.finish is not None]
@@ -87,18 +98,35 @@ def _scored(dec, eos, beam, row, row_lp, commit, look, prompt, rewards, config, 
     return hyp
 
 
-def _generate(model, context: list[int], n: int, device, eos: set[int], stats: SearchStats) -> tuple[list[int], list[float]]:
-    """Greedy ``n`` tokens after ``context`` with a fresh ``generate`` call; tokens and log-probs."""
+class _Masked(LogitsProcessor):
+    """Applies a structural constraint to ``generate``'s greedy choice; ``generated`` is the answer so
+    far when ``generate`` starts (the constraint sees the whole answer, not just this call's part)."""
+
+    def __init__(self, constraint, start: int, generated: list[int]) -> None:
+        self.constraint, self.start, self.generated = constraint, start, generated
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        mask = self.constraint.mask(self.generated + input_ids[0, self.start:].tolist())
+        return scores if mask is None else scores.masked_fill(~mask[None].to(scores.device), -float("inf"))
+
+
+def _generate(model, context: list[int], n: int, device, eos: set[int], stats: SearchStats,
+              constraint=None, generated: list[int] | None = None) -> tuple[list[int], list[float]]:
+    """Greedy ``n`` tokens after ``context`` with a fresh ``generate`` call; tokens and log-probs
+    (under a constraint: masked, renormalised over the allowed tokens, as the fast search does)."""
     ids = torch.tensor([context], device=device)
     # A fresh, explicit config: the model's own generation defaults (repetition penalty, ...) must not
     # change what "greedy" means. Stopping at EOS is fine: the candidate is cut there anyway.
     gen_config = GenerationConfig(max_new_tokens=n, do_sample=False, eos_token_id=sorted(eos),
                                   pad_token_id=sorted(eos)[0] if eos else 0, output_logits=True,
-                                  return_dict_in_generate=True)
+                                  output_scores=constraint is not None, return_dict_in_generate=True)
+    processors = LogitsProcessorList([_Masked(constraint, len(context), generated or [])] if constraint else [])
     with torch.inference_mode():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gen_config)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gen_config,
+                             logits_processor=processors)
     tokens = out.sequences[0, len(context):].tolist()
-    lps = [torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(out.logits, tokens)]
+    steps = out.scores if constraint is not None else out.logits  # scores: after the mask
+    lps = [torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(steps, tokens)]
     stats.lm_forward_passes += len(tokens)
     stats.lm_tokens += len(context) + len(tokens) - 1
     return tokens, lps

@@ -41,7 +41,7 @@ from .kv import cache_bytes
 from .prompts import PreparedPrompt
 from .result import SearchResult
 from .rewards import RewardSet
-from .search import SearchState, eos_token_ids, forward, pad_token_id, prefill
+from .search import SearchState, eos_token_ids, forward, make_constraint, pad_token_id, prefill
 
 # ---- What a caller receives -----------------------------------------------------------------------
 
@@ -207,7 +207,8 @@ class Scheduler:
 
     # ---- caller side (any thread) ----------------------------------------------------------------
     def new_state(self, prompt: PreparedPrompt, rewards: RewardSet, config: SearchConfig) -> SearchState:
-        return SearchState(prompt, rewards, config, self.tokenizer, self.eos)
+        return SearchState(prompt, rewards, config, self.tokenizer, self.eos,
+                           constraint=make_constraint(config, self.model, self.tokenizer, self.eos))
 
     def check(self, config: SearchConfig) -> None:
         """Raise :class:`ConfigError` if one request with ``config`` could never be admitted."""

@@ -39,7 +39,7 @@ import torch
 from transformers import DynamicCache
 
 from .config import SearchConfig
-from .errors import SearchCancelled, SearchTimeout
+from .errors import SearchCancelled, SearchTimeout, StructureError
 from .kv import merge_expanded, take
 from .prompts import PreparedPrompt
 from .result import FinishReason, SearchResult, SearchStats, TraceCandidate, TraceStep
@@ -175,6 +175,19 @@ def make_candidate(dec: _Decoder, eos: set[int], beam: _Hyp, row: list[int], row
     return hyp, rollout_text, ended, new, new_lp
 
 
+def structurally_valid(constraint, hyp: _Hyp) -> bool:
+    """Under a structure: an allowed token (finite log-prob), and a prefix that can still close in
+    the tokens left, or, once finished by length, a complete answer (EOS is only ever allowed after
+    a complete one)."""
+    if hyp.logprob == -math.inf:
+        return False
+    if hyp.finish == "eos":
+        return True
+    if hyp.finish == "length":
+        return constraint.is_complete(hyp.tokens)
+    return constraint.can_close(hyp.tokens)
+
+
 def proposes_eos(config: SearchConfig, rewards: RewardSet) -> bool:
     """Whether a search adds "end here" candidates: as configured, else when a reward is end-aware."""
     return config.propose_eos if config.propose_eos is not None else rewards.end_aware
@@ -232,8 +245,11 @@ class SearchState:
     """
 
     def __init__(self, prompt: PreparedPrompt, rewards: RewardSet, config: SearchConfig, tokenizer,
-                 eos: set[int], *, t0: float | None = None) -> None:
+                 eos: set[int], *, t0: float | None = None, constraint=None) -> None:
         self.prompt, self.rewards, self.config = prompt, rewards, config
+        # A structural constraint (deal_core.structure.GrammarConstraint) masks every expansion and
+        # rollout position; None = free text.
+        self.constraint = constraint
         self.dec = _Decoder(tokenizer, config.stop)
         self.eos = eos
         self.t0 = time.perf_counter() if t0 is None else t0
@@ -295,11 +311,14 @@ class SearchState:
             cands.append(make_candidate(dec, self.eos, self.live[b], [token], [lp], 1, 0, config.max_new_tokens))
             beam_of.append(b)
         n_cands = len(cands)
+        # With a structure, a candidate must be a valid prefix that can still close in the tokens
+        # left (a finished one: complete); the rest never enter scoring or selection.
+        valid = [True] * n_cands if self.constraint is None else [structurally_valid(self.constraint, c[0]) for c in cands]
 
         # ---- 4. Score: each reward once per step, on texts not seen before. ------------------------
         # Texts are keyed with whether they are complete: an end-aware reward may score them apart.
         aware = rewards.end_aware
-        keys = [(c[1], c[2] and aware) for c in cands]
+        keys = [(c[1], c[2] and aware) for c, ok in zip(cands, valid) if ok]
         if rewards:
             fresh = list(dict.fromkeys(key for key in keys if key not in self.scored))
             self.stats.cache_hits += n_cands - len(fresh)
@@ -310,12 +329,21 @@ class SearchState:
                     self.scored[key] = v
                 self.stats.reward_calls += len(rewards)
                 self.stats.candidates_scored += len(fresh)
-        for (hyp, *_), key in zip(cands, keys):
-            set_score(hyp, self.scored[key] if rewards else hyp.values, rewards, config)
+        scored = iter(keys)
+        for (hyp, *_), ok in zip(cands, valid):
+            if ok:
+                key = next(scored)
+                set_score(hyp, self.scored[key] if rewards else hyp.values, rewards, config)
+            else:
+                hyp.score = -math.inf
 
         # ---- 5. Select: the best beam_width of new candidates and finished survivors. --------------
         pool: list[tuple[_Hyp, int | None]] = [(h, None) for h in self.finished]
-        pool += [(cands[n][0], n) for n in range(n_cands)]
+        pool += [(cands[n][0], n) for n in range(n_cands) if valid[n]]
+        if not pool:
+            raise StructureError(
+                f"no candidate can complete response_format {self.config.response_format.name!r} within "
+                f"max_new_tokens={self.config.max_new_tokens}; raise max_new_tokens")
         chosen = select(pool, lambda e: (e[0].score, e[0].logprob), config.beam_width)
         if config.trace:
             tcands = [
@@ -404,6 +432,9 @@ def forward(model, states: Sequence[SearchState], stop: Callable[[], bool] | Non
     device = next(model.parameters()).device
     for s in states:
         commit, look, n_forward = step_plan(s.config, s.generated)
+        if s.constraint is not None:  # 1. only tokens the structure allows (before top-k)
+            s.next_lp = torch.cat([apply_mask(s.next_lp[b: b + 1], s.constraint.mask(h.tokens))
+                                   for b, h in enumerate(s.live)])
         k = min(s.config.top_k, s.next_lp.shape[-1])
         top_lp, top_ids = s.next_lp.topk(k, dim=-1)
         s.pending = _Pending(commit, look, k, n_forward, top_ids.reshape(-1), top_lp.reshape(-1))
@@ -434,6 +465,7 @@ def forward(model, states: Sequence[SearchState], stop: Callable[[], bool] | Non
     seq_lp = torch.zeros((n_rows, n_forward + 1), dtype=torch.float32, device=device)
     seq[:, 0] = torch.cat([s.pending.first_ids for s in rolled])
     seq_lp[:, 0] = torch.cat([s.pending.first_lp for s in rolled])
+    constrained = [(s, a, b) for s, a, b in spans if s.constraint is not None]
     with torch.inference_mode():
         for j in range(n_forward):
             if stop is not None and stop():
@@ -441,7 +473,10 @@ def forward(model, states: Sequence[SearchState], stop: Callable[[], bool] | Non
             attn = torch.cat([attn, attn.new_ones((n_rows, 1))], dim=-1)
             out = model(input_ids=seq[:, j: j + 1], attention_mask=attn, position_ids=(pos + j).unsqueeze(-1),
                         past_key_values=cache, use_cache=True)
-            lp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+            logits = out.logits[:, -1].float()
+            if constrained:  # 2. every rollout position is masked too: rollouts stay valid prefixes
+                logits = _masked_rows(logits, seq, j, constrained)
+            lp = torch.log_softmax(logits, dim=-1)
             best = lp.argmax(-1)
             seq[:, j + 1], seq_lp[:, j + 1] = best, lp.gather(-1, best[:, None]).squeeze(-1)
             for s, a, b in spans:
@@ -455,6 +490,37 @@ def forward(model, states: Sequence[SearchState], stop: Callable[[], bool] | Non
         p.cache, p.r0, p.col0 = cache, a, width - s.length
         s.stats.lm_forward_passes += p.n_forward
         s.stats.lm_tokens += (b - a) * p.n_forward
+
+
+def make_constraint(config: SearchConfig, model, tokenizer, eos: set[int]):
+    """The request's structural constraint (None without ``response_format``); compiling it checks the
+    format (and that it can complete within ``max_new_tokens``), raising ConfigError naming it."""
+    if config.response_format is None:
+        return None
+    from .structure import build_constraint  # llguidance is only needed for structured searches
+
+    vocab = model.get_output_embeddings().weight.shape[0]
+    return build_constraint(config.response_format, tokenizer, vocab, eos, config.max_new_tokens)
+
+
+def apply_mask(lp: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Log-probs renormalised over the allowed tokens (``mask`` True = allowed; None = all)."""
+    if mask is None:
+        return lp
+    return torch.log_softmax(lp.masked_fill(~mask.to(lp.device), -math.inf), dim=-1)
+
+
+def _masked_rows(logits: torch.Tensor, seq: torch.Tensor, j: int, constrained) -> torch.Tensor:
+    """Constrained requests' rows get their constraint's mask for rollout position ``j``."""
+    logits = logits.clone()
+    prefix = seq[:, : j + 1].tolist()
+    for s, a, b in constrained:
+        k = s.pending.k
+        for r in range(a, b):
+            mask = s.constraint.mask(s.live[(r - a) // k].tokens + prefix[r])
+            if mask is not None:
+                logits[r] = logits[r].masked_fill(~mask.to(logits.device), -math.inf)
+    return logits
 
 
 # ---- The search in the caller's thread ----------------------------------------------------------
@@ -472,7 +538,8 @@ def run_search(
     same work for many callers at once). Yields a :class:`StepUpdate` per step; returns the results."""
     t0 = time.perf_counter()
     eos = eos_token_ids(model, tokenizer)
-    states = [SearchState(p, rewards, config, tokenizer, eos, t0=t0) for p in prompts]
+    constraint = make_constraint(config, model, tokenizer, eos)
+    states = [SearchState(p, rewards, config, tokenizer, eos, t0=t0, constraint=constraint) for p in prompts]
     prefill(model, states, pad_token_id(tokenizer, eos))
     step = 0
     while True:
