@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,26 @@ def commongen_sets(n: int, offset: int = 0) -> list[list[str]]:
 def keyword_prompt(words: list[str]) -> list[dict[str, str]]:
     return [{"role": "user", "content": "Write one short sentence that uses all of these words: "
              + ", ".join(words)}]
+
+
+@pytest.fixture(scope="session")
+def vllm_server():
+    """A real ``vllm serve`` of the embedded model (fp32, eager, prefix caching) on 127.0.0.1 and a
+    free port, for the whole session; stopped at the end. See tests/vllm_server.py."""
+    from deal_core.models import ensure_embedded_cache
+
+    from .vllm_server import VLLMServer, vllm_python
+
+    python = vllm_python()
+    if python is None:
+        pytest.skip("vLLM is not installed for this interpreter (set DEAL_VLLM_PYTHON to a Python that has it)")
+    port = os.environ.get("DEAL_TEST_VLLM_PORT")  # reuse one started by tests/vllm_server.py (development)
+    server = VLLMServer(ensure_embedded_cache(progress=False), python=python, port=int(port) if port else None)
+    if port and server.healthy():
+        yield server
+        return
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -62,3 +62,28 @@ class StructureError(DeALError):
     The search never returns an incomplete or invalid structured answer as if it were valid; it raises
     this instead (raise ``max_new_tokens``, or simplify the schema or grammar).
     """
+
+
+class ServerError(DeALError, RuntimeError):
+    """An inference server (``base_url=...``) failed a request: it answered with an error after the
+    retries, or with something that is not an OpenAI-compatible completion. The message quotes it."""
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url, self.status = url, status
+
+
+class ServerUnavailable(ServerError, ConnectionError):
+    """The server cannot be reached, or stopped answering mid-request (it died or restarted).
+
+    Only the requests in flight fail; the engine reconnects by itself on the next call, so it works
+    again as soon as the server is back.
+    """
+
+
+class ModelNotServed(ConfigError):
+    """The server does not serve the model asked for; the message lists the models it does serve."""
+
+    def __init__(self, message: str, *, served: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.served = list(served or [])

