@@ -10,6 +10,7 @@ return the same text and scores.
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -21,7 +22,8 @@ from .result import SearchResult, SearchStats
 from .rewards import RewardSet
 from .errors import StructureError
 from .search import (_Decoder, _Hyp, apply_mask, eos_candidates, eos_token_ids, make_candidate,
-                     make_constraint, proposes_eos, select, set_score, step_plan, structurally_valid)
+                     make_constraint, no_valid_candidate, proposes_eos, select, set_score, step_plan,
+                     structurally_valid)
 
 
 def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSet,
@@ -78,6 +80,8 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
         beams = [h for h in survivors if h.finish is None]
         if not beams:
             best = survivors[0]
+            if best.score == -math.inf and rewards:
+                raise no_valid_candidate(rewards.names, survivors)
             stats.wall_seconds = time.perf_counter() - t0
             return SearchResult(text=best.text, token_ids=best.tokens, score=best.score,
                                 logprob=best.logprob, reward_scores=dict(zip(rewards.names, best.values)),

@@ -39,7 +39,7 @@ import torch
 from transformers import DynamicCache
 
 from .config import SearchConfig
-from .errors import SearchCancelled, SearchTimeout, StructureError
+from .errors import NoValidCandidate, SearchCancelled, SearchTimeout, StructureError
 from .kv import merge_expanded, take
 from .prompts import PreparedPrompt
 from .result import FinishReason, SearchResult, SearchStats, TraceCandidate, TraceStep
@@ -117,9 +117,28 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.
 
 
 def select(pool: list, key_score, beam_width: int) -> list[int]:
-    """Indices of the best ``beam_width`` entries: by score, then log-prob, then order (stable)."""
-    order = sorted(range(len(pool)), key=lambda i: (-key_score(pool[i])[0], -key_score(pool[i])[1], i))
-    return order[:beam_width]
+    """Indices of the best ``beam_width`` entries: by score, then log-prob, then order (stable).
+
+    NaN ranks as ``-inf``: NaN compares false with everything, and one would scramble the sort."""
+    def rank(i: int) -> tuple[float, float, int]:
+        score, logprob = key_score(pool[i])
+        return (-_orderable(score), -_orderable(logprob), i)
+
+    return sorted(range(len(pool)), key=rank)[:beam_width]
+
+
+def _orderable(x: float) -> float:
+    return -math.inf if math.isnan(x) else x
+
+
+def no_valid_candidate(names: Sequence[str], survivors: Sequence[_Hyp]) -> NoValidCandidate:
+    """The error for a search whose best answer is forbidden: names the reward(s) that forbade it."""
+    culprits = sorted({n for h in survivors for n, v in zip(names, h.values) if v == -math.inf})
+    who = ", ".join(repr(n) for n in culprits) or "the rewards (their weighted total is undefined)"
+    return NoValidCandidate(
+        f"no allowed answer: every remaining candidate was forbidden (scored -inf) by {who}. Fix: relax "
+        "that constraint (e.g. a lower Constraint threshold), raise beam_width/top_k to explore more, "
+        "or change the prompt", rewards=culprits)
 
 
 def step_plan(config: SearchConfig, generated: int) -> tuple[int, int, int]:
@@ -139,6 +158,8 @@ def set_score(hyp: _Hyp, values: tuple[float, ...], rewards: RewardSet, config: 
     hyp.values = values
     total = rewards.total(values) if rewards else 0.0
     hyp.score = -math.inf if total == -math.inf else hyp.logprob + config.reward_scale * total
+    if math.isnan(hyp.score):  # +inf and -inf terms (overflowing weights x values): no defined score
+        hyp.score = -math.inf
 
 
 def make_candidate(dec: _Decoder, eos: set[int], beam: _Hyp, row: list[int], row_lp: list[float],
@@ -385,6 +406,8 @@ class SearchState:
         self.step += 1
         if not live:
             best = survivors[0][0]
+            if best.score == -math.inf and rewards:
+                raise no_valid_candidate(rewards.names, [h for h, _ in survivors])
             self.stats.wall_seconds = time.perf_counter() - self.t0
             self.result = SearchResult(
                 text=best.text, token_ids=best.tokens, score=best.score, logprob=best.logprob,

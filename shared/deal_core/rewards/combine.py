@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +97,7 @@ class RewardSet:
         ``ended[j]`` says whether ``texts[j]`` is complete; end-aware rewards get it (without it,
         every text counts as complete)."""
         n = len(self.items)
+        texts = list(texts)  # the count every reward must answer, fixed before any reward runs
         if ended is not None and len(ended) != len(texts):
             raise ValueError("evaluate(): ended needs one flag per text")
         if n > 1 and self.concurrent:
@@ -114,52 +116,88 @@ class RewardSet:
 
     def _call(self, i: int, prompt: str, texts: list[str], ended: Sequence[bool] | None) -> list[float]:
         reward, name = self.items[i].reward, self.names[i]
+        expected = len(texts)
         try:
+            # Each reward gets its own copy: one that mutates its list cannot change what the
+            # next reward scores, nor how many scores the search expects back.
             if reward.end_aware and ended is not None:
-                out = reward.score_ended(prompt, texts, list(ended))
+                out = reward.score_ended(prompt, list(texts), list(ended))
             else:
-                out = reward.score(prompt, texts)
+                out = reward.score(prompt, list(texts))
         except DeALError:  # already says what to fix (RewardError, ModelLoadError, ConfigError)
             raise
         except Exception as exc:
             raise RewardError(
-                f"reward {name!r} raised {type(exc).__name__}: {exc}", reward_name=name
+                f"reward {name!r} raised {type(exc).__name__}: {_safe_str(exc)}", reward_name=name
             ) from exc
-        return check_scores(name, out, len(texts))
+        return check_scores(name, out, expected)
 
 
 def check_scores(name: str, out: Any, expected: int) -> list[float]:
-    """Validate a reward's output: a sequence of ``expected`` real numbers, none NaN or +inf."""
+    """Validate a reward's output: a sequence of ``expected`` real numbers, none NaN or +inf.
+
+    Whatever the output is (any Python object), a problem is a :class:`RewardError`: the length is
+    checked before any value is read, and every conversion (``len``, iteration, ``.item()``,
+    ``float``) runs inside this check, so ``10**400`` or a 2-D tensor cannot escape as a raw error.
+    """
+
+    def bad(what: str) -> RewardError:
+        return RewardError(f"reward {name!r} {what}", reward_name=name)
+
+    if isinstance(out, (str, bytes, Mapping)) or out is None:
+        raise bad(f"returned {type(out).__name__}, expected a list of {expected} floats")
     try:
-        values = list(out)
+        n = len(out)
     except TypeError:
-        raise RewardError(
-            f"reward {name!r} returned {type(out).__name__}, expected a list of {expected} floats",
-            reward_name=name,
-        ) from None
+        n = None
+    except Exception as exc:  # noqa: BLE001 -- a user object's __len__ may raise anything
+        raise bad(f"returned {type(out).__name__} whose len() raised {type(exc).__name__}") from None
+    if n is not None and n != expected:
+        raise bad(f"returned {n} scores for {expected} candidates; return exactly one float per candidate")
+    try:
+        # Never more than one item past what is expected: a generator may be endless.
+        values = list(itertools.islice(iter(out), expected + 1))
+    except TypeError:
+        raise bad(f"returned {type(out).__name__}, expected a list of {expected} floats") from None
+    except Exception as exc:  # noqa: BLE001
+        raise bad(f"returned {type(out).__name__}; iterating it raised {type(exc).__name__}") from None
     if len(values) != expected:
-        raise RewardError(
-            f"reward {name!r} returned {len(values)} scores for {expected} candidates; "
-            "return exactly one float per candidate",
-            reward_name=name,
-        )
+        raise bad(f"returned {len(values)}{'+' if len(values) > expected else ''} scores for {expected} "
+                  "candidates; return exactly one float per candidate")
     clean: list[float] = []
     for v in values:
-        if hasattr(v, "item") and callable(v.item):  # numpy / torch scalars
-            v = v.item()
-        if not isinstance(v, numbers.Real):
-            raise RewardError(
-                f"reward {name!r} returned {v!r} ({type(v).__name__}); scores must be floats",
-                reward_name=name,
-            )
-        f = float(v)
+        try:
+            if not isinstance(v, numbers.Real) and hasattr(v, "item") and callable(v.item):
+                v = v.item()  # numpy / torch scalars (a tensor of several values raises here)
+            if not isinstance(v, numbers.Real):
+                raise bad(f"returned {_safe_repr(v)} ({type(v).__name__}); scores must be floats")
+            f = float(v)
+        except RewardError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- OverflowError for 10**400, RuntimeError ...
+            raise bad(f"returned {_safe_repr(v)} ({type(v).__name__}), which is not a float "
+                      f"({type(exc).__name__}: {_safe_str(exc)}); scores must be floats") from None
         if math.isnan(f) or f == math.inf:
-            raise RewardError(
-                f"reward {name!r} returned {f}; scores must be finite (or -inf to forbid a candidate)",
-                reward_name=name,
-            )
+            raise bad(f"returned {f}; scores must be finite (or -inf to forbid a candidate)")
         clean.append(f)
     return clean
+
+
+def _safe_repr(obj: Any, limit: int = 80) -> str:
+    """``repr`` for error messages: short, and never raising (a user object's repr may)."""
+    try:
+        text = repr(obj)
+    except Exception:  # noqa: BLE001
+        text = f"<{type(obj).__name__} object>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _safe_str(obj: Any, limit: int = 300) -> str:
+    try:
+        text = str(obj)
+    except Exception:  # noqa: BLE001
+        text = f"<{type(obj).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_pair(spec: Any) -> bool:
