@@ -39,12 +39,31 @@ def _check_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
             raise ConfigError(f"chat message {i} must be a mapping with 'role' and 'content' keys, got {m!r}")
         if m["role"] not in _ROLES:
             raise ConfigError(f"chat message {i} has role {m['role']!r}; use one of {sorted(_ROLES)}")
-        out.append({"role": m["role"], "content": str(m["content"])})
+        content = m["content"]
+        if not isinstance(content, str):
+            # str(None) would silently send the text "None" to the model.
+            raise ConfigError(f"chat message {i} has content of type {type(content).__name__}; content "
+                              "must be text (use \"\" for an empty message)")
+        out.append({"role": m["role"], "content": _valid_text(content, f"chat message {i}")})
     if not out:
         raise ConfigError("the prompt is an empty list of messages; pass at least one user message")
     if not any(m["content"].strip() for m in out):
         raise ConfigError("every chat message is empty; the prompt needs some text")
     return out
+
+
+def _valid_text(text: str, what: str) -> str:
+    """``text`` if it is valid Unicode (encodable as UTF-8); a ConfigError naming the bad character
+    otherwise -- a lone surrogate (e.g. from ``bytes.decode(errors="surrogateescape")``) reaches the
+    tokenizer as a raw TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(
+            f"{what} is not valid Unicode text: {text[exc.start]!r} at character {exc.start} is a lone "
+            "surrogate. Fix: decode the source bytes with errors='replace' (or remove the character)"
+        ) from None
+    return text
 
 
 def prepare_prompt(tokenizer, model, prompt: Prompt, *, alignment_prompt: str | None,
@@ -53,7 +72,13 @@ def prepare_prompt(tokenizer, model, prompt: Prompt, *, alignment_prompt: str | 
 
     Rewards see the user's own request: the string, or the last user message of a chat.
     """
+    if alignment_prompt is not None:
+        _valid_text(alignment_prompt, "alignment_prompt")
+    if isinstance(prompt, (bytes, bytearray, memoryview)):
+        raise ConfigError("the prompt is bytes; decode it to text first, e.g. data.decode('utf-8', "
+                          "errors='replace')")
     if isinstance(prompt, str):
+        _valid_text(prompt, "the prompt")
         if not prompt.strip():
             raise ConfigError("the prompt is empty; pass some text (or a list of chat messages)")
         text = f"{alignment_prompt}\n\n{prompt}" if alignment_prompt else prompt
@@ -77,10 +102,15 @@ def prepare_prompt(tokenizer, model, prompt: Prompt, *, alignment_prompt: str | 
     if not ids:
         raise ConfigError("the prompt encodes to zero tokens; pass some text")
     window = context_window(model)
+    if window is not None and len(ids) >= window:
+        raise ContextLengthError(
+            f"the prompt alone is {len(ids)} tokens, but the model's context window is {window} tokens "
+            f"(room for at least one new token is needed); shorten the prompt to under {window} tokens"
+        )
     if window is not None and len(ids) + max_new_tokens > window:
         raise ContextLengthError(
             f"prompt is {len(ids)} tokens and max_new_tokens={max_new_tokens}, but the model's context "
             f"window is {window} tokens; shorten the prompt or lower max_new_tokens to "
-            f"{max(window - len(ids), 0)}"
+            f"{window - len(ids)}"
         )
     return PreparedPrompt(input_ids=list(ids), reward_prompt=reward_prompt)
