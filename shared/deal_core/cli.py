@@ -249,8 +249,13 @@ def _generate(*, prompt: str, keywords, length, rubric, fluency, weight, beam_wi
                          commit_tokens=commit_tokens, max_new_tokens=max_new_tokens,
                          reward_scale=reward_scale, stop=stop or None,
                          alignment_prompt=alignment_prompt, seed=seed, trace=True)
+    # Checked before the search: a long search should not end in "cannot write the file".
+    if top_n < 1:
+        raise ConfigError(f"--top-n is the number of candidates drawn per step, >= 1; got {top_n}")
     for target in trace:
-        # Checked before the search: a long search should not end in "cannot write the file".
+        if target.is_dir():
+            raise ConfigError(f"--trace {target}: that is a folder; give a file name in it, e.g. "
+                              f"{target / 'tree.html'}")
         if target.suffix.lower() not in (".html", ".htm", ".png", ".json"):
             raise ConfigError(f"--trace {target}: use a .html, .png or .json file name")
         if not target.parent.is_dir():
@@ -276,11 +281,17 @@ def _generate(*, prompt: str, keywords, length, rubric, fluency, weight, beam_wi
             rs = RewardSet.from_spec(rewards)
             values = rs.evaluate(prompt, [greedy.text])[0]
             greedy = greedy.model_copy(update={"reward_scores": dict(zip(rs.names, values))})
+    written, failures = [], []
     if trace:
         from .render import save_trace
 
         for target in trace:
-            save_trace(result, target, prompt=the_prompt, greedy=greedy, config=config, top_n=top_n)
+            # A trace that cannot be written must not cost the answer, nor the other trace files.
+            try:
+                save_trace(result, target, prompt=the_prompt, greedy=greedy, config=config, top_n=top_n)
+                written.append(target)
+            except Exception as exc:  # noqa: BLE001 -- reported below, after the answer
+                failures.append(f"--trace {target}: {type(exc).__name__}: {_one_line(str(exc))}")
 
     if as_json:
         out = {"model": engine.model_name, "config": config.model_dump(),
@@ -288,10 +299,13 @@ def _generate(*, prompt: str, keywords, length, rubric, fluency, weight, beam_wi
         if compare_greedy and greedy is not None:
             out["greedy"] = greedy.model_dump(mode="json", exclude={"trace"})
         if trace:
-            out["trace_files"] = [str(t) for t in trace]
-        typer.echo(json.dumps(out, indent=2, default=_json_default))
-        return
-    _print_human(result, greedy if compare_greedy else None, trace)
+            out["trace_files"] = [str(t) for t in written]
+        # Strict JSON: a non-finite number (a -inf reward) is null, never the invalid `Infinity`.
+        typer.echo(json.dumps(_finite(out), indent=2, default=_json_default, allow_nan=False))
+    else:
+        _print_human(result, greedy if compare_greedy else None, written)
+    if failures:
+        raise _TraceFailed("; ".join(failures) + " (the answer above is complete)")
 
 
 def _quiet_loading() -> None:
@@ -307,6 +321,21 @@ def _quiet_loading() -> None:
 
 def _json_default(x: Any) -> Any:
     return str(x)
+
+
+def _finite(x: Any) -> Any:
+    """``x`` with every NaN / infinite float replaced by None (JSON has no such numbers)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+class _TraceFailed(DeALError):
+    """A --trace file could not be written (the answer was printed)."""
 
 
 def _fmt(x: float | None) -> str:
@@ -388,7 +417,7 @@ def _cache(*, clear: bool, yes: bool, as_json: bool) -> None:
             typer.echo(f"cache {root} is already empty")
             return
         if not yes:
-            if not sys.stdin.isatty():
+            if sys.stdin is None or sys.stdin.closed or not sys.stdin.isatty():  # closed: `<&-`
                 raise ConfigError("refusing to delete the cache without confirmation; pass --yes")
             typer.confirm(f"delete {len(entries)} cached item(s), {_mb(total)}, under {root}?", abort=True)
         for _, entry, _ in entries:
@@ -422,8 +451,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     reported like every other error: one line on stderr, exit status 2. ``deal`` with no arguments
     prints the help.
     """
+    if sys.stdout is None or sys.stdout.closed:  # `deal ... >&-`: the answer would go nowhere
+        print("deal: error: standard output is closed; nothing could be written (redirect it to a "
+              "file instead)", file=sys.stderr)
+        sys.exit(1)
     try:
         rv = app(args=list(argv) if argv is not None else None, prog_name="deal", standalone_mode=False)
+        sys.stdout.flush()  # a write error (full disk, closed pipe) must not end in exit status 0
+    except OSError as exc:  # BrokenPipeError, ENOSPC ... while flushing
+        sys.stdout = None  # nothing more can be written there, not even at exit
+        print(f"deal: error: could not write the output: {_one_line(str(exc))}", file=sys.stderr)
+        sys.exit(1)
     except _usage_errors() as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # `deal` / `deal generate` alone: the help
             typer.echo(exc.format_message(), err=True)

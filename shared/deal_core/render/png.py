@@ -60,7 +60,10 @@ def plot_tree(result: SearchResult, *, greedy: SearchResult | None = None, top_n
         raise RenderError(f"steps_per_row must be >= 1, got {steps_per_row}")
     tree = build_tree(result, greedy, top_n=top_n)
     plt = _pyplot()
-    with _quiet_glyphs():
+    # Answers are plain text: "$5 and $6" must not be parsed as math (mathtext raised a raw
+    # ValueError on LaTeX-like answers), nor sent to a TeX install a user's rcParams may enable.
+    # Each Text keeps the setting it was created with, so drawing later (a notebook) is safe too.
+    with _quiet_glyphs(), plt.rc_context({"text.parse_math": False, "text.usetex": False}):
         return _plot(plt, tree, result, title, dpi, steps_per_row)
 
 
