@@ -24,6 +24,7 @@ request's decisions depend only on its own rows (padding is masked out).
 from __future__ import annotations
 
 import atexit
+import contextvars
 import queue
 import threading
 import time
@@ -84,6 +85,10 @@ class Ticket:
         self.phase = "queued"
         self._outcome: tuple[bool, object] | None = None  # (ok, delta or exception) from the helper
         self._batch = -1  # the scheduler's forward count when this request's last step ran
+        # Submitted from inside a reward of a request this scheduler is running (a nested search):
+        # admitted at once, since the request that waits for it holds the rows it would wait for.
+        self._nested = False
+        self._borrowed = False  # admitted over max_batch_rows to break a stall (see _admit)
 
     def cancel(self) -> None:
         """Stop this search at the next step (no-op once it is over)."""
@@ -186,6 +191,10 @@ class Scheduler:
     idle_exit_s = 2.0
     #: Shortest wait for a request whose step work is late, however fast the last forward was.
     min_grace_s = 0.005
+    #: When every admitted request has been inside its rewards this long and a queued request does
+    #: not fit, one queued request is admitted over ``max_batch_rows``: a reward may be waiting for
+    #: it (a nested search from a thread the scheduler cannot see), and waiting forever is worse.
+    stall_admit_s = 1.0
 
     def __init__(self, model, tokenizer, *, max_batch_rows: int = 128) -> None:
         if max_batch_rows < 1:
@@ -201,6 +210,7 @@ class Scheduler:
         self._helpers = _Helpers()
         self._grace_until = 0.0
         self._closing = False
+        self._stalled_since: float | None = None
         _schedulers.add(self)
         self._counts = dict(forwards=0, rows_forwarded=0, max_rows_forwarded=0, prefills=0, completed=0,
                             failed=0)
@@ -224,11 +234,12 @@ class Scheduler:
         """Queue ``tickets`` (prefilled together when they fit); events then flow to their sinks."""
         for t in tickets:
             self.check(t.state.config)
+        nested = _stepping.get() is self
         with self._cond:
             if self._closing:
                 raise SearchCancelled("the engine is shutting down")
             for t in tickets:
-                t._scheduler = self
+                t._scheduler, t._nested = self, nested
                 self._queue.append(t)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="deal-scheduler", daemon=True)
@@ -321,19 +332,37 @@ class Scheduler:
                     self._fail(t, error)
 
     def _admit(self) -> list[Ticket]:
+        """First come first served within ``max_batch_rows``, with two exceptions that keep a
+        search which waits for another search (a reward that searches on this engine) from waiting
+        forever: nested requests go first, whatever their size, and after ``stall_admit_s`` with
+        every admitted request inside its rewards, one queued request is admitted over the cap."""
         rows = sum(t.state.max_rows for t in self._active)
-        admitted: list[Ticket] = []
-        while self._queue and (rows + self._queue[0].state.max_rows <= self.max_batch_rows
-                               or not self._active):
-            t = self._queue.popleft()
+        admitted: list[Ticket] = [t for t in self._queue if t._nested]
+        for t in admitted:
+            self._queue.remove(t)
             rows += t.state.max_rows
+        while self._queue and (rows + self._queue[0].state.max_rows <= self.max_batch_rows
+                               or not (self._active or admitted)):
+            admitted.append(self._queue.popleft())
+            rows += admitted[-1].state.max_rows
+        now = time.perf_counter()
+        stalled = bool(self._queue) and not admitted and all(t.phase == "scoring" for t in self._active)
+        self._stalled_since = (self._stalled_since or now) if stalled else None
+        if (stalled and now - self._stalled_since >= self.stall_admit_s
+                and not any(t._borrowed for t in self._active)):
+            t = self._queue.popleft()
+            t._borrowed = True
+            admitted.append(t)
+            self._stalled_since = None
+        for t in admitted:
             t.phase = "prefill"
             self._active.append(t)
-            admitted.append(t)
         return admitted
 
     def _wait_time(self, now: float, ready: bool) -> float:
         waits = [1.0]  # a backstop: nothing below should be missed, but never sleep for long
+        if self._stalled_since is not None:
+            waits.append(self._stalled_since + self.stall_admit_s - now)
         if ready:
             waits.append(self._grace_until - now)
         waits += [t.state.deadline - now for t in (*self._active, *self._queue) if t.state.deadline]
@@ -394,10 +423,13 @@ class Scheduler:
 
     def _finish_step(self, ticket: Ticket) -> None:
         """In a helper thread: this request's rewards, selection and commit."""
+        token = _stepping.set(self)  # a search a reward starts from here is nested (see _admit)
         try:
             outcome: tuple[bool, object] = (True, ticket.state.finish_step())
         except BaseException as exc:  # RewardError, or anything else: it fails this request only
             outcome = (False, exc)
+        finally:
+            _stepping.reset(token)
         with self._cond:
             if ticket.phase == "scoring":
                 ticket._outcome, ticket.phase = outcome, "scored"
@@ -422,6 +454,10 @@ class Scheduler:
             t.state.release()
         self._counts["failed"] += 1
         t._emit(Failed(error))
+
+
+#: The scheduler whose request's step work (rewards) runs in this context, if any.
+_stepping: contextvars.ContextVar[Scheduler | None] = contextvars.ContextVar("deal_stepping", default=None)
 
 
 def _run_error(exc: BaseException) -> BaseException:

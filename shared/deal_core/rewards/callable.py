@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import threading
 from collections.abc import Callable, Sequence
@@ -27,7 +28,8 @@ def _run_coroutine(coro: Any) -> Any:
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
 
-    thread = threading.Thread(target=runner, daemon=True)
+    context = contextvars.copy_context()  # the caller's context (e.g. "inside a search step") goes along
+    thread = threading.Thread(target=context.run, args=(runner,), daemon=True)
     thread.start()
     thread.join()
     if "error" in box:

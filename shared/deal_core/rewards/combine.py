@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import math
 import numbers
@@ -103,8 +104,13 @@ class RewardSet:
         if n > 1 and self.concurrent:
             # Rewards run side by side: a judge forward, a classifier forward and a remote call
             # all release the GIL, so the step costs about the slowest reward, not their sum.
+            # Each reward thread runs in a copy of the caller's context (a context can be entered by
+            # one thread at a time), so context the caller set -- e.g. that this is a search step,
+            # which a nested search on the same engine needs to know -- reaches the reward.
+            contexts = [contextvars.copy_context() for _ in range(n)]
             with ThreadPoolExecutor(max_workers=n, thread_name_prefix="deal-reward") as pool:
-                columns = list(pool.map(lambda i: self._call(i, prompt, texts, ended), range(n)))
+                columns = list(pool.map(lambda i: contexts[i].run(self._call, i, prompt, texts, ended),
+                                        range(n)))
         else:
             columns = [self._call(i, prompt, texts, ended) for i in range(n)]
         return [tuple(col[j] for col in columns) for j in range(len(texts))]
