@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 
+from .backends import BACKENDS, Backend
 from .config import SearchConfig, make_config
 from .errors import ConfigError
-from .models import LoadedModel, forget, get_model, model_key, shared
-from .prompts import Prompt, context_window, prepare_prompt
+from .models import LoadedModel, get_model, model_key, shared
+from .prompts import Prompt, prepare_prompt
 from .result import SearchResult
 from .rewards import RewardSet, RewardSpec
-from .scheduler import Done, Event, Failed, Scheduler, Ticket
+from .scheduler import DirectScheduler, Done, Event, Failed, Scheduler, Ticket
 
 
 class Engine:
@@ -38,6 +39,11 @@ class Engine:
     ``max_batch_rows`` caps the candidate rows of one shared forward (a request takes up to
     ``beam_width x top_k``), which bounds KV-cache memory; requests beyond it wait their turn.
     ``max_batch_size`` caps the prompts of one ``search_batch`` call.
+
+    ``backend`` chooses how the LM runs: ``"hf"`` (transformers in this process, the default) or
+    ``"vllm"`` (vLLM in this process; ``engine_kwargs`` go to vLLM's engine arguments, e.g.
+    ``max_model_len=2048``, ``enforce_eager=True``), or a ready
+    :class:`~deal_core.backends.base.Backend` object.
     """
 
     def __init__(
@@ -45,55 +51,77 @@ class Engine:
         model: str | os.PathLike[str] | None = None,
         device: str | torch.device | None = "auto",
         *,
+        backend: str | Backend = "hf",
         dtype: str | torch.dtype | None = None,
         trust_remote_code: bool = False,
         loaded: LoadedModel | None = None,
         max_batch_rows: int = 128,
         max_batch_size: int = 256,
+        **engine_kwargs: Any,
     ) -> None:
         if max_batch_rows < 1 or max_batch_size < 1:
             raise ConfigError(f"max_batch_rows and max_batch_size must be >= 1, got {max_batch_rows} "
                               f"and {max_batch_size}")
         self.max_batch_rows, self.max_batch_size = max_batch_rows, max_batch_size
-        self._scheduler: Scheduler | None = None
+        self._scheduler: Scheduler | DirectScheduler | None = None
         self._scheduler_lock = threading.Lock()
-        # The weights come from the process-wide model registry: rewards and the judge that use the
-        # same model read the same copy.
-        self._loaded = loaded or get_model(model, device, dtype=dtype, trust_remote_code=trust_remote_code)
+        self.backend = _make_backend(backend, model, device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                     loaded=loaded, engine_kwargs=engine_kwargs)
 
     # ---- what the engine is --------------------------------------------------------------------
     @property
+    def _loaded(self) -> LoadedModel:
+        loaded = getattr(self.backend, "loaded", None)
+        if loaded is None:
+            raise ConfigError(f"this engine runs on the {self.backend.name!r} backend, which has no "
+                              "transformers model in this process; use an engine with backend='hf'")
+        return loaded
+
+    @property
     def model(self):
+        """The transformers model (hf backend only; other backends raise ConfigError)."""
         return self._loaded.model
 
     @property
     def tokenizer(self):
-        return self._loaded.tokenizer
+        return self.backend.tokenizer
 
     @property
     def device(self) -> torch.device:
-        return self._loaded.device
+        return getattr(self.backend, "device", torch.device("cpu"))
 
     @property
     def model_name(self) -> str:
-        return self._loaded.name
+        return self.backend.model_name
 
     @property
     def context_window(self) -> int | None:
-        return context_window(self.model)
+        return self.backend.context_window
 
     def __repr__(self) -> str:
-        return f"Engine(model={self.model_name!r}, device={str(self.device)!r})"
+        return (f"Engine(model={self.model_name!r}, device={str(self.device)!r}, "
+                f"backend={self.backend.name!r})")
 
     # ---- search ----------------------------------------------------------------------------------
     @property
-    def scheduler(self) -> Scheduler:
-        """The engine's scheduler: every search of every caller runs through it (continuous batching)."""
+    def scheduler(self) -> Scheduler | DirectScheduler:
+        """The engine's scheduler: every search of every caller runs through it. For the hf backend
+        it batches every caller's steps into shared forwards (continuous batching); for a backend
+        that batches concurrent calls itself (vLLM), each request steps on its own."""
         if self._scheduler is None:
             with self._scheduler_lock:
                 if self._scheduler is None:
-                    self._scheduler = Scheduler(self.model, self.tokenizer, max_batch_rows=self.max_batch_rows)
+                    if self.backend.batches_requests:
+                        self._scheduler = DirectScheduler(self.backend, max_batch_rows=self.max_batch_rows)
+                    else:
+                        self._scheduler = Scheduler(self.backend, max_batch_rows=self.max_batch_rows)
         return self._scheduler
+
+    def close(self) -> None:
+        """Stop the scheduler and free the backend (vLLM's engine). The engine is unusable after."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown()
+        self.backend.close()
 
     def _submit(self, prompts: Sequence[Prompt], rewards: RewardSpec | None,
                 config: SearchConfig | dict[str, Any] | None, overrides: dict[str, Any],
@@ -110,7 +138,7 @@ class Engine:
                               "the engine with a larger max_batch_size")
         scheduler = self.scheduler
         scheduler.check(cfg)
-        prepared = [prepare_prompt(self.tokenizer, self.model, p, alignment_prompt=cfg.alignment_prompt,
+        prepared = [prepare_prompt(self.tokenizer, self.backend, p, alignment_prompt=cfg.alignment_prompt,
                                    max_new_tokens=cfg.max_new_tokens) for p in prompts]
         tickets = [Ticket(scheduler.new_state(p, reward_set, cfg), sink, cancel)
                    for p, sink in zip(prepared, sinks)]
@@ -307,13 +335,45 @@ def _progress_bar(enabled: bool, total: int):
     return tqdm(total=total, desc="DeAL search", unit="tok", leave=False)
 
 
-# ---- one engine per (model, device, dtype) in the process (kept in models' registry) ---------------
+def _make_backend(backend: str | Backend, model, device, *, dtype, trust_remote_code: bool,
+                  loaded: LoadedModel | None, engine_kwargs: dict[str, Any]) -> Backend:
+    if isinstance(backend, Backend):
+        return backend
+    if backend == "hf":
+        if engine_kwargs:
+            raise ConfigError(f"unknown Engine arguments {sorted(engine_kwargs)} for the hf backend; "
+                              "engine arguments are vLLM's (use backend='vllm') -- check the spelling")
+        # The weights come from the process-wide model registry: rewards and the judge that use the
+        # same model read the same copy.
+        return _hf_backend(loaded or get_model(model, device, dtype=dtype, trust_remote_code=trust_remote_code))
+    if backend == "vllm":
+        if loaded is not None:
+            raise ConfigError("loaded= is a transformers model; the vllm backend loads its own: pass model=")
+        from .backends.vllm import VLLMBackend
+
+        return VLLMBackend(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                           **engine_kwargs)
+    raise ConfigError(f"backend={backend!r} is not known; use one of {list(BACKENDS)} or a Backend object")
+
+
+def _hf_backend(loaded: LoadedModel) -> Backend:
+    from .backends.hf import HFBackend
+
+    return HFBackend(loaded)
+
+
+# ---- one engine per (model, device, dtype, backend, engine arguments) in the process ----------------
 def get_engine(model: str | os.PathLike[str] | None = None, device: str | torch.device | None = "auto",
-               *, dtype: str | torch.dtype | None = None, trust_remote_code: bool = False) -> Engine:
-    """The process-wide shared engine for ``(model, device)``; loads it on first use (thread-safe)."""
+               *, backend: str = "hf", dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
+               **engine_kwargs: Any) -> Engine:
+    """The process-wide shared engine for ``(model, device, dtype, backend, engine_kwargs)`` (kept in
+    models' registry); loads it on first use (thread-safe). ``get_engine(backend="vllm")`` runs the
+    search on vLLM in this process."""
     key = model_key(model, device, dtype)
-    return shared(("engine", *key), lambda: Engine(model, key[1], dtype=dtype,
-                                                   trust_remote_code=trust_remote_code))
+    extra = () if backend == "hf" and not engine_kwargs else (str(backend), repr(sorted(engine_kwargs.items())))
+    return shared(("engine", *key, *extra),
+                  lambda: Engine(model, key[1], backend=backend, dtype=dtype, trust_remote_code=trust_remote_code,
+                                 **engine_kwargs))
 
 
 def clear_engines() -> None:

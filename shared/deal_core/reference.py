@@ -16,6 +16,7 @@ import time
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from .backends.base import best_eos
 from .config import SearchConfig
 from .prompts import PreparedPrompt
 from .result import SearchResult, SearchStats
@@ -64,7 +65,7 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
                 candidates.append(_scored(dec, eos, beam, row, row_lp, commit, look, prompt, rewards,
                                           config, stats))
             if propose_eos:
-                for _, token, lp in eos_candidates(eos, next_lp[None], top_ids[None]):
+                for _, token, lp in eos_candidates(eos, best_eos(eos, next_lp[None]), [top_ids.tolist()]):
                     ends.append((beam, [token], [lp]))
         for beam, row, row_lp in ends:
             candidates.append(_scored(dec, eos, beam, row, row_lp, 1, 0, prompt, rewards, config, stats))

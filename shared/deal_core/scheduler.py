@@ -36,13 +36,14 @@ from typing import Union
 
 from pydantic import BaseModel
 
+from .backends.base import Backend
 from .config import SearchConfig
 from .errors import ConfigError, DeALError, ModelRunError, SearchCancelled
 from .kv import cache_bytes
 from .prompts import PreparedPrompt
 from .result import SearchResult
 from .rewards import RewardSet
-from .search import SearchState, eos_token_ids, forward, make_constraint, pad_token_id, prefill
+from .search import SearchState, forward, make_constraint, prefill
 
 # ---- What a caller receives -----------------------------------------------------------------------
 
@@ -196,13 +197,11 @@ class Scheduler:
     #: it (a nested search from a thread the scheduler cannot see), and waiting forever is worse.
     stall_admit_s = 1.0
 
-    def __init__(self, model, tokenizer, *, max_batch_rows: int = 128) -> None:
+    def __init__(self, backend: Backend, *, max_batch_rows: int = 128) -> None:
         if max_batch_rows < 1:
             raise ConfigError(f"max_batch_rows must be >= 1, got {max_batch_rows}")
-        self.model, self.tokenizer = model, tokenizer
+        self.backend = backend
         self.max_batch_rows = max_batch_rows
-        self.eos = eos_token_ids(model, tokenizer)
-        self.pad_id = pad_token_id(tokenizer, self.eos)
         self._cond = threading.Condition()
         self._queue: deque[Ticket] = deque()
         self._active: list[Ticket] = []
@@ -217,8 +216,7 @@ class Scheduler:
 
     # ---- caller side (any thread) ----------------------------------------------------------------
     def new_state(self, prompt: PreparedPrompt, rewards: RewardSet, config: SearchConfig) -> SearchState:
-        return SearchState(prompt, rewards, config, self.tokenizer, self.eos,
-                           constraint=make_constraint(config, self.model, self.tokenizer, self.eos))
+        return SearchState(prompt, rewards, config, self.backend, constraint=make_constraint(config, self.backend))
 
     def check(self, config: SearchConfig) -> None:
         """Raise :class:`ConfigError` if one request with ``config`` could never be admitted."""
@@ -373,7 +371,7 @@ class Scheduler:
     def _isolated(self, work: Callable[[list[Ticket]], None], tickets: list[Ticket]) -> list[Ticket]:
         """Run ``work`` on ``tickets`` together; if it raises, retry each request alone, so only a
         request that fails by itself fails (with :class:`ModelRunError`). Returns those that ran."""
-        saved = [(t.state.cache, t.state.next_lp) for t in tickets]
+        saved = [t.state.beams for t in tickets]
         try:
             work(tickets)
             return tickets
@@ -384,8 +382,8 @@ class Scheduler:
                         self._fail(t, _run_error(exc))
                 return []
         ok: list[Ticket] = []
-        for t, (cache, next_lp) in zip(tickets, saved):  # undo the shared attempt, then go one by one
-            t.state.cache, t.state.next_lp, t.state.pending = cache, next_lp, None
+        for t, beams in zip(tickets, saved):  # undo the shared attempt, then go one by one
+            t.state.beams, t.state.pending = beams, None
         for t in tickets:
             try:
                 work([t])
@@ -396,7 +394,7 @@ class Scheduler:
         return ok
 
     def _prefill(self, tickets: list[Ticket]) -> None:
-        tickets = self._isolated(lambda ts: prefill(self.model, [t.state for t in ts], self.pad_id), tickets)
+        tickets = self._isolated(lambda ts: prefill(self.backend, [t.state for t in ts]), tickets)
         with self._cond:
             self._counts["prefills"] += 1
             for t in tickets:
@@ -406,7 +404,7 @@ class Scheduler:
     def _forward(self, tickets: list[Ticket]) -> None:
         start = time.perf_counter()
         tickets = self._isolated(
-            lambda ts: forward(self.model, [t.state for t in ts], stop=lambda: self._closing), tickets)
+            lambda ts: forward(self.backend, [t.state for t in ts], stop=lambda: self._closing), tickets)
         if not tickets:
             return
         took = time.perf_counter() - start
@@ -469,13 +467,119 @@ def _run_error(exc: BaseException) -> BaseException:
     return error
 
 
+class DirectScheduler:
+    """For backends that batch concurrent calls themselves (vLLM, a server): each request steps on
+    its own thread -- step, rewards, selection, commit, again -- and the backend merges whatever
+    requests are in flight (vLLM's continuous batching). No lock-step here: the policy of batching
+    belongs to the backend, and a slow reward delays only its own request.
+
+    Same contract as :class:`Scheduler` (tickets, events, cancellation, timeouts); ``max_batch_rows``
+    only bounds one request (``beam_width x top_k``), since the backend has its own limits.
+    """
+
+    def __init__(self, backend: Backend, *, max_batch_rows: int = 128) -> None:
+        if max_batch_rows < 1:
+            raise ConfigError(f"max_batch_rows must be >= 1, got {max_batch_rows}")
+        self.backend = backend
+        self.max_batch_rows = max_batch_rows
+        self._lock = threading.Lock()
+        self._active: set[Ticket] = set()
+        self._threads: set[threading.Thread] = set()
+        self._closing = False
+        _schedulers.add(self)
+        self._counts = dict(forwards=0, rows_forwarded=0, max_rows_forwarded=0, prefills=0, completed=0,
+                            failed=0)
+
+    new_state = Scheduler.new_state
+    check = Scheduler.check
+
+    def submit(self, tickets: Sequence[Ticket]) -> None:
+        for t in tickets:
+            self.check(t.state.config)
+        with self._lock:
+            if self._closing:
+                raise SearchCancelled("the engine is shutting down")
+            for t in tickets:
+                t._scheduler = self
+                self._active.add(t)
+                thread = threading.Thread(target=self._drive, args=(t,), name="deal-request", daemon=True)
+                self._threads.add(thread)
+                thread.start()
+
+    def wake(self) -> None:
+        """Nothing to wake: each request's thread checks for cancellation between (and during) steps."""
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        """Cancel every request; wait (at most ``timeout`` s) for their threads to stop."""
+        with self._lock:
+            self._closing = True
+            threads = list(self._threads)
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(None if deadline is None else max(deadline - time.perf_counter(), 0.0))
+
+    def stats(self) -> SchedulerStats:
+        with self._lock:
+            return SchedulerStats(queued=0, live=len(self._active),
+                                  rows_reserved=sum(t.state.max_rows for t in self._active),
+                                  max_batch_rows=self.max_batch_rows, cache_bytes=0, **self._counts)
+
+    def _error(self, t: Ticket) -> BaseException | None:
+        if self._closing:
+            return SearchCancelled("the engine is shutting down")
+        if t.cancelled:
+            return _cancelled()
+        return t.state.timed_out()
+
+    def _drive(self, t: Ticket) -> None:
+        state = t.state
+        try:
+            t.phase = "prefill"
+            prefill(self.backend, [state])
+            self._count(prefills=1)
+            while state.result is None:
+                if (error := self._error(t)) is not None:
+                    raise error
+                t.phase = "forward"
+                try:
+                    forward(self.backend, [state], stop=lambda: self._error(t) is not None)
+                except SearchCancelled:
+                    raise self._error(t) or _cancelled() from None
+                rows = len(state.live) * state.pending.k
+                self._count(forwards=1, rows_forwarded=rows)
+                t.phase = "scoring"
+                delta = state.finish_step()
+                t._emit(Delta(delta, state.generated))
+            t.phase = "done"
+            self._count(completed=1)
+            t._emit(Done(state.result))
+        except BaseException as exc:  # RewardError, the backend's errors ...: this request only
+            t.phase = "failed"
+            self._count(failed=1)
+            t._emit(Failed(_run_error(exc)))
+        finally:
+            state.release()
+            with self._lock:
+                self._active.discard(t)
+                self._threads.discard(threading.current_thread())
+
+    def _count(self, **delta: int) -> None:
+        with self._lock:
+            for key, value in delta.items():
+                self._counts[key] += value
+            if "rows_forwarded" in delta:
+                self._counts["max_rows_forwarded"] = max(self._counts["max_rows_forwarded"],
+                                                         delta["rows_forwarded"])
+
+
 def _cancelled() -> SearchCancelled:
     return SearchCancelled("the search was cancelled by its caller")
 
 
 # A worker killed in the middle of a forward at interpreter exit can abort the process; so at exit,
 # each scheduler abandons its current step after the forward in flight, and stops first.
-_schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+_schedulers: weakref.WeakSet[Scheduler | DirectScheduler] = weakref.WeakSet()
 
 
 @atexit.register

@@ -36,11 +36,10 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
+from .backends.base import Backend, StepRequest, StepResult, TokenConstraint, apply_mask, eos_token_ids
 from .config import SearchConfig
-from .errors import NoValidCandidate, SearchCancelled, SearchTimeout, StructureError
-from .kv import merge_expanded, take
+from .errors import ConfigError, NoValidCandidate, SearchCancelled, SearchTimeout, StructureError
 from .prompts import PreparedPrompt
 from .result import FinishReason, SearchResult, SearchStats, TraceCandidate, TraceStep
 from .rewards import RewardSet
@@ -93,27 +92,6 @@ class _Decoder:
             return hyp.text
         text = hyp.text[: len(hyp.text) - self.hold_back] if self.hold_back else hyp.text
         return text.rstrip("\ufffd")  # an unfinished multi-byte character
-
-
-def eos_token_ids(model, tokenizer) -> set[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, (list, tuple)):
-            ids.update(int(v) for v in value)
-    return ids
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    return ids.to(device), mask.to(device)
 
 
 def select(pool: list, key_score, beam_width: int) -> list[int]:
@@ -214,20 +192,21 @@ def proposes_eos(config: SearchConfig, rewards: RewardSet) -> bool:
     return config.propose_eos if config.propose_eos is not None else rewards.end_aware
 
 
-def eos_candidates(eos: set[int], next_lp: torch.Tensor, top_ids: torch.Tensor) -> list[tuple[int, int, float]]:
+def eos_candidates(eos: set[int] | frozenset[int], best: Sequence[tuple[int, float] | None],
+                   top_ids: Sequence[Sequence[int]]) -> list[tuple[int, int, float]]:
     """"End here" proposals: per beam, its most likely EOS token unless top-k already holds one.
 
-    Returns ``(beam, token, log-prob)``. The candidates need no rollout (they are finished), so they
-    cost no forward rows; the search adds them when a reward cares how texts end.
+    ``best[b]`` is beam ``b``'s most likely EOS token and its log-prob (from the backend). Returns
+    ``(beam, token, log-prob)``. The candidates need no rollout (they are finished), so they cost no
+    forward rows; the search adds them when a reward cares how texts end.
     """
-    if not eos:
-        return []
-    ids = sorted(eos)
-    lp, which = next_lp[:, ids].max(dim=-1)
     out = []
-    for b, (v, w) in enumerate(zip(lp.tolist(), which.tolist())):
-        if not any(int(t) in eos for t in top_ids[b].tolist()) and v > -math.inf:
-            out.append((b, ids[w], v))
+    for b, item in enumerate(best):
+        if item is None:
+            continue
+        token, v = item
+        if not any(int(t) in eos for t in top_ids[b]) and v > -math.inf:
+            out.append((b, token, v))
     return out
 
 
@@ -235,22 +214,23 @@ def eos_candidates(eos: set[int], next_lp: torch.Tensor, top_ids: torch.Tensor) 
 
 @dataclass
 class _Pending:
-    """A step between its forward and its selection: the candidates' rollouts and where their KV
-    cache lives (rows ``r0:r1``, positions from ``col0``, of a forward shared with other requests)."""
+    """A step between its forward and its selection: the backend's answer (candidates, rollouts and
+    the rows' state to commit from) and the "end here" candidates."""
 
     commit: int
     look: int
     k: int
     n_forward: int
-    first_ids: torch.Tensor
-    first_lp: torch.Tensor
-    seq: list[list[int]] = field(default_factory=list)
-    seq_lp: list[list[float]] = field(default_factory=list)
-    cache: object | None = None
-    r0: int = 0
-    col0: int = 0
-    next_lp: torch.Tensor | None = None  # the distribution after the committed tokens, per row
+    out: StepResult
     ends: list[tuple[int, int, float]] = field(default_factory=list)  # (beam, EOS token, log-prob)
+
+    @property
+    def seq(self) -> list[list[int]]:
+        return self.out.seq
+
+    @property
+    def seq_lp(self) -> list[list[float]]:
+        return self.out.seq_lp
 
 
 class SearchState:
@@ -258,21 +238,21 @@ class SearchState:
 
     Life cycle: :func:`prefill` (with other new states), then per step :func:`forward` (in one batch
     with any other live states) and :meth:`finish_step` (this request alone: rewards, selection,
-    commit) until :attr:`result` is set. ``finish_step`` touches nothing outside the state, so it may
-    run in any thread, and a reward that raises fails this request only.
+    commit) until :attr:`result` is set. ``finish_step`` touches nothing outside the state but the
+    backend's ``commit``, so it may run in any thread, and a reward that raises fails this request only.
 
-    The beams of one request always have the same length, so its cache needs no padding: it is
-    ``length`` positions wide, one row per live beam.
+    The beams of one request always have the same length; their LM state (``beams``: the KV cache
+    and next-token distribution, in whatever form the backend keeps them) is opaque here.
+    ``constraint`` (optional) restricts the tokens the backend may propose or roll out.
     """
 
-    def __init__(self, prompt: PreparedPrompt, rewards: RewardSet, config: SearchConfig, tokenizer,
-                 eos: set[int], *, t0: float | None = None, constraint=None) -> None:
+    def __init__(self, prompt: PreparedPrompt, rewards: RewardSet, config: SearchConfig, backend: Backend,
+                 *, t0: float | None = None, constraint: TokenConstraint | None = None) -> None:
         self.prompt, self.rewards, self.config = prompt, rewards, config
-        # A structural constraint (deal_core.structure.GrammarConstraint) masks every expansion and
-        # rollout position; None = free text.
+        self.backend = backend
         self.constraint = constraint
-        self.dec = _Decoder(tokenizer, config.stop)
-        self.eos = eos
+        self.dec = _Decoder(backend.tokenizer, config.stop)
+        self.eos = backend.eos_ids
         self.t0 = time.perf_counter() if t0 is None else t0
         self.deadline = self.t0 + config.timeout if config.timeout else None
         self.stats = SearchStats()
@@ -282,9 +262,8 @@ class SearchState:
         no_rewards = tuple(0.0 for _ in rewards.items)
         self.live: list[_Hyp] = [_Hyp([], "", 0.0, 0.0, no_rewards)]
         self.finished: list[_Hyp] = []  # finished hypotheses still in the beam
-        self.cache = None
-        self.length = len(prompt.input_ids)  # KV positions of every live beam
-        self.next_lp: torch.Tensor | None = None  # [live beams, vocab]
+        self.beams: object | None = None  # the backend's state for the live beams (KV, next tokens)
+        self.length = len(prompt.input_ids)  # tokens (prompt + generated) of every live beam
         self.pending: _Pending | None = None
         self.step = 0
         self.emitted = ""
@@ -309,12 +288,14 @@ class SearchState:
         return None
 
     def caches(self) -> list[object]:
-        """The KV caches this state keeps alive (a pending step's may be shared with others)."""
-        return [c for c in (self.cache, self.pending.cache if self.pending else None) if c is not None]
+        """The KV caches this state keeps alive (a pending step's may be shared with others), for
+        backends that keep them in this process (hf)."""
+        held = (self.beams, self.pending.out.rows if self.pending else None)
+        return [c for c in (getattr(h, "cache", None) for h in held) if c is not None]
 
     def release(self) -> None:
         """Drop every tensor (finished, failed or cancelled): its memory goes back at once."""
-        self.cache = self.next_lp = self.pending = None
+        self.beams = self.pending = None
 
     def finish_step(self) -> str:
         """Candidates -> rewards -> selection -> commit, after :func:`forward`. Returns the new text
@@ -393,14 +374,12 @@ class SearchState:
                                         survivors=sorted(n for _, n in survivors if n is not None)))
         self.stats.steps += 1
 
-        # ---- 6. Commit: survivors keep their rollout's KV cache, cropped to what they committed. ---
+        # ---- 6. Commit: survivors keep their rollout's LM state, cropped to what they committed. -
         if keep_rows:
-            idx = torch.tensor(keep_rows)
-            self.cache = take(p.cache, idx + p.r0, p.col0, p.col0 + self.length + p.commit)
+            self.beams = self.backend.commit(p.out, keep_rows, p.commit)
             self.length += p.commit
-            self.next_lp = p.next_lp[idx.to(p.next_lp.device)]
         else:
-            self.cache = self.next_lp = None
+            self.beams = None
         self.live = live
         self.pending = None
         self.step += 1
@@ -427,129 +406,61 @@ class SearchState:
 
 # ---- Batched model work over several states -----------------------------------------------------
 
-def prefill(model, states: Sequence[SearchState], pad_id: int) -> None:
-    """Run every new state's prompt in one left-padded forward; each keeps its own compact cache."""
-    device = next(model.parameters()).device
-    ids, attn = left_pad([s.prompt.input_ids for s in states], pad_id, device)
-    cache = DynamicCache(config=model.config)
-    with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=attn, position_ids=_positions(attn),
-                    past_key_values=cache, use_cache=True)
-    width = ids.shape[1]
-    for i, s in enumerate(states):
-        s.cache = take(cache, torch.tensor([i]), width - s.length, width)
-        s.next_lp = torch.log_softmax(out.logits[i: i + 1, -1].float(), dim=-1)
-        s.stats.lm_forward_passes += 1
-        s.stats.lm_tokens += s.length
+def prefill(backend: Backend, states: Sequence[SearchState]) -> None:
+    """Start every new state's prompt at once (the hf backend runs them in one forward)."""
+    for s, done in zip(states, backend.prefill([s.prompt.input_ids for s in states])):
+        s.beams = done.beams
+        s.stats.lm_forward_passes += done.forwards
+        s.stats.lm_tokens += done.tokens
 
 
-def forward(model, states: Sequence[SearchState], stop: Callable[[], bool] | None = None) -> None:
+def forward(backend: Backend, states: Sequence[SearchState], stop: Callable[[], bool] | None = None) -> None:
     """Steps 1-2 for all ``states`` at once: propose top-k tokens per live beam, then roll every
-    candidate out in one batched forward per lookahead position.
+    candidate out (the hf backend: one batched forward per lookahead position for all of them).
 
-    Requests of different lengths are left-padded to a common width (attention mask and position
-    ids keep each row exact); requests that need fewer forwards than others (shorter lookahead,
-    nearer their end) simply ignore the extra positions. Leaves each state's ``pending`` step.
-    ``stop()`` is asked between forwards; if it says so, the step is abandoned (SearchCancelled).
+    Requests may differ in length and settings. Leaves each state's ``pending`` step. ``stop()`` is
+    asked between forwards; if it says so, the step is abandoned (SearchCancelled).
     """
-    device = next(model.parameters()).device
-    for s in states:
-        commit, look, n_forward = step_plan(s.config, s.generated)
-        if s.constraint is not None:  # 1. only tokens the structure allows (before top-k)
-            s.next_lp = torch.cat([apply_mask(s.next_lp[b: b + 1], s.constraint.mask(h.tokens))
-                                   for b, h in enumerate(s.live)])
-        k = min(s.config.top_k, s.next_lp.shape[-1])
-        top_lp, top_ids = s.next_lp.topk(k, dim=-1)
-        s.pending = _Pending(commit, look, k, n_forward, top_ids.reshape(-1), top_lp.reshape(-1))
+    plans = [step_plan(s.config, s.generated) for s in states]
+    requests = [StepRequest(beams=s.beams, prompt_ids=s.prompt.input_ids, tokens=[h.tokens for h in s.live],
+                            k=s.config.top_k, n_forward=n_forward, commit=commit, want_eos=s.propose_eos,
+                            constraint=s.constraint)
+                for s, (commit, _, n_forward) in zip(states, plans)]
+    outs = backend.step(requests, stop)
+    for s, (commit, look, n_forward), out in zip(states, plans, outs):
+        s.beams = None  # the rows' state replaces it (for hf: a copy; the old cache is freed now)
+        s.pending = _Pending(commit, look, len(out.top_ids[0]), n_forward, out)
         if s.propose_eos:
-            s.pending.ends = eos_candidates(s.eos, s.next_lp, top_ids)
-        if not n_forward:  # the last token: nothing to roll out, no cache needed after it
-            s.pending.seq = [[t] for t in s.pending.first_ids.tolist()]
-            s.pending.seq_lp = [[v] for v in s.pending.first_lp.tolist()]
-    rolled = [s for s in states if s.pending.n_forward]
-    if not rolled:
-        return
-    n_forward = max(s.pending.n_forward for s in rolled)
-    width = max(s.length for s in rolled)
-    spans, r0 = [], 0
-    for s in rolled:
-        spans.append((s, r0, r0 + len(s.live) * s.pending.k))
-        r0 += len(s.live) * s.pending.k
-    n_rows = r0
-    cache = merge_expanded([(s.cache, s.pending.k) for s in rolled], width)
-    attn = torch.zeros((n_rows, width), dtype=torch.long, device=device)
-    pos = torch.empty((n_rows,), dtype=torch.long, device=device)
-    for s, a, b in spans:
-        attn[a:b, width - s.length:] = 1
-        pos[a:b] = s.length
-        # The merged cache holds a copy: free the old one now (and count the new one as the state's).
-        s.cache, s.pending.cache = None, cache
-    seq = torch.empty((n_rows, n_forward + 1), dtype=torch.long, device=device)
-    seq_lp = torch.zeros((n_rows, n_forward + 1), dtype=torch.float32, device=device)
-    seq[:, 0] = torch.cat([s.pending.first_ids for s in rolled])
-    seq_lp[:, 0] = torch.cat([s.pending.first_lp for s in rolled])
-    constrained = [(s, a, b) for s, a, b in spans if s.constraint is not None]
-    with torch.inference_mode():
-        for j in range(n_forward):
-            if stop is not None and stop():
-                raise SearchCancelled("the step was abandoned (the engine is shutting down)")
-            attn = torch.cat([attn, attn.new_ones((n_rows, 1))], dim=-1)
-            out = model(input_ids=seq[:, j: j + 1], attention_mask=attn, position_ids=(pos + j).unsqueeze(-1),
-                        past_key_values=cache, use_cache=True)
-            logits = out.logits[:, -1].float()
-            if constrained:  # 2. every rollout position is masked too: rollouts stay valid prefixes
-                logits = _masked_rows(logits, seq, j, constrained)
-            lp = torch.log_softmax(logits, dim=-1)
-            best = lp.argmax(-1)
-            seq[:, j + 1], seq_lp[:, j + 1] = best, lp.gather(-1, best[:, None]).squeeze(-1)
-            for s, a, b in spans:
-                if j == s.pending.commit - 1:
-                    s.pending.next_lp = lp[a:b]
-    seq_list, seq_lp_list = seq.tolist(), seq_lp.tolist()
-    for s, a, b in spans:
-        p = s.pending
-        p.seq = [row[: p.n_forward + 1] for row in seq_list[a:b]]
-        p.seq_lp = [row[: p.n_forward + 1] for row in seq_lp_list[a:b]]
-        p.cache, p.r0, p.col0 = cache, a, width - s.length
-        s.stats.lm_forward_passes += p.n_forward
-        s.stats.lm_tokens += (b - a) * p.n_forward
+            s.pending.ends = eos_candidates(s.eos, out.eos, out.top_ids)
+        s.stats.lm_forward_passes += out.forwards
+        s.stats.lm_tokens += out.tokens
 
 
-def make_constraint(config: SearchConfig, model, tokenizer, eos: set[int]):
+def make_constraint(config: SearchConfig, backend, tokenizer=None, eos: set[int] | None = None):
     """The request's structural constraint (None without ``response_format``); compiling it checks the
-    format (and that it can complete within ``max_new_tokens``), raising ConfigError naming it."""
+    format (and that it can complete within ``max_new_tokens``), raising ConfigError naming it.
+
+    ``backend`` is a :class:`Backend` (a backend that cannot apply masks refuses here, before any
+    work), or a transformers model with its ``tokenizer`` and ``eos`` ids (the reference search).
+    """
     if config.response_format is None:
         return None
+    if isinstance(backend, Backend):
+        if not backend.supports_constraints:
+            raise ConfigError(f"response_format needs token masks, which the {backend.name!r} backend does "
+                              "not apply; use backend='hf' for structured output")
+        tokenizer, vocab, eos = backend.tokenizer, backend.vocab_size, set(backend.eos_ids)
+    else:
+        vocab = backend.get_output_embeddings().weight.shape[0]
     from .structure import build_constraint  # llguidance is only needed for structured searches
 
-    vocab = model.get_output_embeddings().weight.shape[0]
     return build_constraint(config.response_format, tokenizer, vocab, eos, config.max_new_tokens)
-
-
-def apply_mask(lp: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Log-probs renormalised over the allowed tokens (``mask`` True = allowed; None = all)."""
-    if mask is None:
-        return lp
-    return torch.log_softmax(lp.masked_fill(~mask.to(lp.device), -math.inf), dim=-1)
-
-
-def _masked_rows(logits: torch.Tensor, seq: torch.Tensor, j: int, constrained) -> torch.Tensor:
-    """Constrained requests' rows get their constraint's mask for rollout position ``j``."""
-    logits = logits.clone()
-    prefix = seq[:, : j + 1].tolist()
-    for s, a, b in constrained:
-        k = s.pending.k
-        for r in range(a, b):
-            mask = s.constraint.mask(s.live[(r - a) // k].tokens + prefix[r])
-            if mask is not None:
-                logits[r] = logits[r].masked_fill(~mask.to(logits.device), -math.inf)
-    return logits
 
 
 # ---- The search in the caller's thread ----------------------------------------------------------
 
 def run_search(
-    model,
+    backend,
     tokenizer,
     prompts: Sequence[PreparedPrompt],
     rewards: RewardSet,
@@ -558,12 +469,21 @@ def run_search(
     cancel: threading.Event | None = None,
 ) -> Generator[StepUpdate, None, list[SearchResult]]:
     """Search ``prompts`` together in this thread, step by step (the engine's scheduler does the
-    same work for many callers at once). Yields a :class:`StepUpdate` per step; returns the results."""
+    same work for many callers at once). Yields a :class:`StepUpdate` per step; returns the results.
+
+    ``backend`` is a :class:`~deal_core.backends.base.Backend`; a transformers model (with its
+    ``tokenizer``) is wrapped in the hf backend.
+    """
     t0 = time.perf_counter()
-    eos = eos_token_ids(model, tokenizer)
-    constraint = make_constraint(config, model, tokenizer, eos)
-    states = [SearchState(p, rewards, config, tokenizer, eos, t0=t0, constraint=constraint) for p in prompts]
-    prefill(model, states, pad_token_id(tokenizer, eos))
+    if not isinstance(backend, Backend):
+        from .backends.hf import HFBackend
+        from .models import LoadedModel
+
+        backend = HFBackend(LoadedModel(backend, tokenizer, getattr(backend, "name_or_path", "model"),
+                                        next(backend.parameters()).device))
+    constraint = make_constraint(config, backend)
+    states = [SearchState(p, rewards, config, backend, t0=t0, constraint=constraint) for p in prompts]
+    prefill(backend, states)
     step = 0
     while True:
         live = [s for s in states if s.result is None]
@@ -573,20 +493,12 @@ def run_search(
             raise SearchCancelled("the search was cancelled by its caller")
         if (late := live[0].timed_out()) is not None:
             raise late
-        forward(model, live)
+        forward(backend, live)
         deltas = {id(s): s.finish_step() for s in live}
         step += 1
         yield StepUpdate(step=step, deltas=[deltas.get(id(s), "") for s in states],
                          done=[s.result is not None for s in states],
                          tokens=min(s.generated for s in states))
-
-
-def pad_token_id(tokenizer, eos: set[int]) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
-
-
-def _positions(attn: torch.Tensor) -> torch.Tensor:
-    return (attn.cumsum(-1) - 1).clamp(min=0)
 
 
 def _common_prefix(texts: list[str]) -> str:

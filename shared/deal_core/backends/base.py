@@ -1,0 +1,146 @@
+"""The backend seam: what the DeAL search needs from a language model, and nothing more.
+
+Per step, for every live beam of a request: its ``top_k`` next tokens with log-probs (and, when a
+reward cares how texts end, its best EOS token); for every candidate, a greedy rollout of
+``n_forward`` tokens with their log-probs; and, fused into the same work, the distribution after
+the tokens a survivor commits -- the next step's expansion. Plus the tokenizer, the EOS ids and
+the context window. ``search.py`` drives the method through this interface only; each way of
+running the LM (transformers in process, vLLM in process, an OpenAI-compatible server) is a
+:class:`Backend`. Where the KV cache lives is the backend's business: the search carries the
+backend's opaque ``beams`` / ``rows`` state objects and hands them back.
+
+See ``SEAM.md`` in the project notes for the full contract (issue 15).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class TokenConstraint(Protocol):
+    """A per-request restriction on the next token (e.g. a grammar), applied by the backend.
+
+    ``mask(generated)`` gets the row's tokens after the prompt (the beam's tokens, the candidate and
+    the rollout so far) and returns a bool tensor ``[vocab_size]`` (True = allowed) or None (no
+    restriction here). It must allow at least one token. Masked logits become ``-inf`` before the
+    log-softmax, so log-probs are renormalised over the allowed tokens.
+    """
+
+    def mask(self, generated: Sequence[int]) -> torch.Tensor | None: ...
+
+
+@dataclass
+class Prefilled:
+    """One prompt after prefill: the backend's state for its single live beam, and the cost."""
+
+    beams: Any
+    forwards: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class StepRequest:
+    """One request's step, as the search asks for it (see the module doc)."""
+
+    beams: Any
+    prompt_ids: list[int]
+    tokens: list[list[int]]
+    k: int
+    n_forward: int
+    commit: int
+    want_eos: bool = False
+    constraint: TokenConstraint | None = None
+
+
+@dataclass
+class StepResult:
+    """One request's step, as the backend answers it. Row ``r = beam * k + j`` is beam ``beam``'s
+    ``j``-th candidate: ``seq[r]`` is the candidate token then ``n_forward`` greedy tokens."""
+
+    top_ids: list[list[int]]
+    top_lp: list[list[float]]
+    eos: list[tuple[int, float] | None]
+    seq: list[list[int]]
+    seq_lp: list[list[float]]
+    rows: Any
+    forwards: int = 0
+    tokens: int = 0
+
+
+class Backend(ABC):
+    """A way of running the LM for the search. Subclasses set the attributes in ``__init__``."""
+
+    name: str = "?"
+    model_name: str = "?"
+    tokenizer: Any = None
+    eos_ids: frozenset[int] = frozenset()
+    context_window: int | None = None
+    vocab_size: int = 0
+    #: True: concurrent :meth:`step` calls (from many threads) are batched by the backend itself, so
+    #: the engine steps every request on its own. False: the engine's scheduler gathers all ready
+    #: requests into one :meth:`step` call, made from one thread.
+    batches_requests: bool = False
+    #: Whether :attr:`StepRequest.constraint` is honoured (else the engine refuses such requests).
+    supports_constraints: bool = False
+
+    @abstractmethod
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> list[Prefilled]:
+        """Start a request per prompt (one live beam each)."""
+
+    @abstractmethod
+    def step(self, requests: Sequence[StepRequest],
+             stop: Callable[[], bool] | None = None) -> list[StepResult]:
+        """Expand and roll out every request's live beams (steps 1-2 of the search)."""
+
+    @abstractmethod
+    def commit(self, result: StepResult, rows: Sequence[int], commit: int) -> Any:
+        """The new ``beams`` state: rows ``rows`` of ``result``, each committing ``commit`` tokens."""
+
+    def close(self) -> None:
+        """Free what the backend holds (engines, threads). The default holds nothing to free."""
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        if tok is not None and tok.pad_token_id is not None:
+            return tok.pad_token_id
+        return min(self.eos_ids, default=0)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model_name!r})"
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """Every id that ends a text: the model's generation config and the tokenizer's EOS."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def best_eos(eos: set[int] | frozenset[int], next_lp: torch.Tensor) -> list[tuple[int, float]]:
+    """Per row of ``next_lp`` ``[rows, vocab]``: its most likely EOS token and that log-prob
+    (ties -> the lowest id). Empty rows list when there is no EOS id."""
+    if not eos:
+        return []
+    ids = sorted(eos)
+    lp, which = next_lp[:, ids].max(dim=-1)
+    return [(ids[w], v) for v, w in zip(lp.tolist(), which.tolist())]
+
+
+def apply_mask(lp: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Log-probs restricted to ``mask`` (bool, True = allowed) and renormalised."""
+    if mask is None:
+        return lp
+    return torch.log_softmax(lp.masked_fill(~mask.to(lp.device), -math.inf), dim=-1)
