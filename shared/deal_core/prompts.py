@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
-from .backends.base import Backend
 from .errors import ConfigError, ContextLengthError
 
 Message = Mapping[str, Any]
@@ -26,7 +25,7 @@ class PreparedPrompt:
 
 def context_window(model) -> int | None:
     """The context window of a transformers model, or of a backend (``model`` may be either)."""
-    if isinstance(model, Backend):
+    if not hasattr(model, "config") and hasattr(model, "context_window"):  # a backend (one layer up)
         return model.context_window
     cfg = model.config
     for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
