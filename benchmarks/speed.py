@@ -28,6 +28,7 @@ import torch
 from transformers import DynamicCache
 
 from deal_core import KeywordReward, RewardSet, SearchConfig, get_engine
+from deal_core.kv import cache_kwargs
 from deal_core.prompts import prepare_prompt
 from deal_core.reference import reference_search
 
@@ -40,12 +41,12 @@ def raw_forward_tokens_per_s(engine, rows: int, context: int, steps: int = 8) ->
     ids = torch.randint(100, 1000, (rows, context), device=engine.device)
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+        out = model(input_ids=ids, **cache_kwargs(model, cache))
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         start = time.perf_counter()
         for j in range(steps):
             mask = torch.ones((rows, context + j + 1), dtype=torch.long, device=engine.device)
-            out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True,
+            out = model(input_ids=token, attention_mask=mask, **cache_kwargs(model, cache),
                         position_ids=torch.full((rows, 1), context + j, device=engine.device))
             token = out.logits[:, -1].argmax(-1, keepdim=True)
         return rows * steps / (time.perf_counter() - start)

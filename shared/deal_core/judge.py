@@ -32,7 +32,7 @@ import torch
 from transformers import DynamicCache
 
 from .errors import ConfigError, ModelLoadError
-from .kv import select_rows
+from .kv import cache_kwargs, select_rows
 from .models import DEFAULT_MODEL, LoadedModel, cache_dir, forget, get_model, load_model, model_key, shared
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class Judge:
         cache = DynamicCache(config=self.model.config)
         extra = {"logits_to_keep": 1} if self._keep else {}
         with torch.inference_mode():
-            self.model(input_ids=ids.to(self.device), past_key_values=cache, use_cache=True, **extra)
+            self.model(input_ids=ids.to(self.device), **cache_kwargs(self.model, cache), **extra)
         entry = (cache, ids.shape[1])
         with self._lock:
             self.prefix_encodings += 1
@@ -177,8 +177,8 @@ class Judge:
         extra = {"logits_to_keep": keep.to(self.device)} if self._keep else {}
         with torch.inference_mode():
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                position_ids=positions.to(self.device), past_key_values=rows_cache,
-                                use_cache=True, **extra).logits
+                                position_ids=positions.to(self.device), **cache_kwargs(self.model, rows_cache),
+                                **extra).logits
         col = torch.searchsorted(keep, last) if self._keep else last
         logits = logits[torch.arange(n, device=logits.device), col.to(logits.device)]
         probs = torch.softmax(logits.float(), dim=-1)

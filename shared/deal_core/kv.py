@@ -10,9 +10,24 @@ works on every layer's key/value tensors directly, so no prefix is ever recomput
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_arg(forward_owner: type) -> str:
+    params = inspect.signature(forward_owner.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """The keyword that hands ``cache`` to ``model``'s forward: ``cache`` where transformers has
+    renamed it (5.x warns on ``past_key_values``), ``past_key_values`` on versions before that."""
+    return {_cache_arg(type(model)): cache, "use_cache": True}
 
 
 def _filled(layer) -> bool:

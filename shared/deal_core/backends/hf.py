@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SearchCancelled
-from ..kv import merge_expanded, take
+from ..kv import cache_kwargs, merge_expanded, take
 from ..models import LoadedModel
 from .base import Backend, Prefilled, StepRequest, StepResult, apply_mask, best_eos, eos_token_ids
 
@@ -78,7 +78,7 @@ class HFBackend(Backend):
         cache = DynamicCache(config=self.model.config)
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=attn, position_ids=_positions(attn),
-                             past_key_values=cache, use_cache=True)
+                             **cache_kwargs(self.model, cache))
         width = ids.shape[1]
         done = []
         for i, p in enumerate(prompts):
@@ -139,7 +139,7 @@ class HFBackend(Backend):
                     raise SearchCancelled("the step was abandoned (the engine is shutting down)")
                 attn = torch.cat([attn, attn.new_ones((n_rows, 1))], dim=-1)
                 out = self.model(input_ids=seq[:, j: j + 1], attention_mask=attn,
-                                 position_ids=(pos + j).unsqueeze(-1), past_key_values=cache, use_cache=True)
+                                 position_ids=(pos + j).unsqueeze(-1), **cache_kwargs(self.model, cache))
                 logits = out.logits[:, -1].float()
                 if constrained:
                     logits = self._masked(logits, seq, j, constrained)
