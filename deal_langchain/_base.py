@@ -7,40 +7,34 @@ plus a reward spec, and runs the shared :func:`deal_core.get_engine` engine.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from deal_core import (
-    DEFAULT_MODEL,
-    ConfigError,
-    Engine,
-    RewardSet,
-    SearchConfig,
-    SearchResult,
-    get_engine,
-    make_config,
-)
-from deal_core.prompts import Prompt, prepare_prompt
+from deal_core import frontend
+from deal_core.config import SearchConfig
+from deal_core.errors import ConfigError
+from deal_core.prompts import Prompt
+from deal_core.rewards import RewardSet
 
-from .rewards import adapt_rewards, describe_rewards
+from .rewards import adapt_rewards, rewards_identity
 
-#: SearchConfig fields a user may set on the model or override per call.
-SEARCH_FIELDS: tuple[str, ...] = (
-    "beam_width", "top_k", "lookahead", "commit_tokens", "max_new_tokens", "stop", "reward_scale",
-    "alignment_prompt", "seed", "trace", "timeout",
-)
-#: Per-call keyword arguments besides the SearchConfig fields.
-CALL_KEYS: frozenset[str] = frozenset(SEARCH_FIELDS) | {"rewards", "model", "max_tokens", "temperature"}
+#: Per-call keyword arguments besides the SearchConfig fields (``max_tokens`` is LangChain's name for
+#: ``max_new_tokens``; ``model`` picks another shared engine for one call).
+_CALL_EXTRAS = frozenset({"model", "max_tokens", "temperature"})
+#: Every per-call keyword argument.
+CALL_KEYS: frozenset[str] = frozenset(frontend.SEARCH_FIELDS) | {"rewards"} | _CALL_EXTRAS
 #: Keyword arguments LangChain itself may forward to ``_generate`` / ``_stream``; not ours to check.
 _LANGCHAIN_INTERNAL = frozenset({"stream"})
 
 
-class DeALParams(BaseModel):
+class DeALParams(frontend.SearchSettings):  # type: ignore[misc,valid-type]
     """Fields and helpers of both LangChain front ends (mixed into ``BaseLLM`` / ``BaseChatModel``).
 
-    Search fields left at ``None`` take :class:`deal_core.SearchConfig`'s defaults, so the adapters
-    never drift from the engine.
+    The search fields (``beam_width``, ``top_k`` ... one per :class:`deal_core.SearchConfig` field)
+    come from :class:`deal_core.frontend.SearchSettings`; left at ``None`` they take SearchConfig's
+    defaults (``trace`` defaults to False), so the adapters never drift from the engine.
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
@@ -51,7 +45,7 @@ class DeALParams(BaseModel):
         "SmolLM2-135M-Instruct. Engines are shared per (model, device) across the process.")
     device: str = Field("auto", description="'auto' (CUDA if present), 'cpu' or 'cuda'.")
     dtype: str | None = Field(None, description="'auto', 'float32', 'bfloat16', 'float16'.")
-    engine: Engine | None = Field(
+    engine: Any = Field(
         None, exclude=True, description="An explicit deal_core Engine; overrides model/device/dtype.")
 
     # ---- what to align to ---------------------------------------------------------------------
@@ -59,20 +53,9 @@ class DeALParams(BaseModel):
         None, description="A deal_core Reward, a Runnable (called with .batch on {'prompt', "
         "'completion'}), a sync/async callable f(prompt, text) -> float, a rubric string, a "
         "(reward, weight) pair, or a list mixing them.")
-
-    # ---- how to search (None = SearchConfig default) ------------------------------------------
-    beam_width: int | None = None
-    top_k: int | None = None
-    lookahead: int | None = None
-    commit_tokens: int | None = None
-    max_new_tokens: int | None = Field(None, alias="max_tokens",
-                                       description="Upper bound on generated tokens (alias max_tokens).")
-    stop: list[str] | None = Field(None, description="Stop strings; the text is cut before the first one.")
-    reward_scale: float | None = None
-    alignment_prompt: str | None = None
-    seed: int | None = None
-    trace: bool = Field(False, description="Put every search step's candidates in generation_info['trace'].")
-    timeout: float | None = Field(None, description="Seconds after which a search raises SearchTimeout.")
+    raw_prompt: bool = Field(
+        False, description="Continue a string prompt as raw text. By default a model with a chat "
+        "template gets the string as one user message through that template (deal_core.frontend).")
 
     # ---- LangChain standard parameters --------------------------------------------------------
     temperature: float | None = Field(
@@ -88,6 +71,16 @@ class DeALParams(BaseModel):
         except ValidationError as exc:
             raise ConfigError(_describe(exc, type(self).__name__)) from None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _max_tokens_alias(cls, data: Any) -> Any:
+        # LangChain's standard name for the token limit.
+        if isinstance(data, dict) and "max_tokens" in data:
+            data = dict(data)
+            value = data.pop("max_tokens")
+            data.setdefault("max_new_tokens", value)
+        return data
+
     @model_validator(mode="after")
     def _check_settings(self) -> DeALParams:
         # Fail at construction, not at the first call: each raises ConfigError (a ValueError, so
@@ -97,80 +90,126 @@ class DeALParams(BaseModel):
         RewardSet.from_spec(adapt_rewards(self.rewards))  # e.g. rewards=[42] is not a reward
         return self
 
+    @property
+    def max_tokens(self) -> int | None:
+        """LangChain's name for ``max_new_tokens``."""
+        return self.max_new_tokens
+
     # ---- resolution ---------------------------------------------------------------------------
     @property
     def model_name(self) -> str:
         """Name of the model this front end runs (without loading it)."""
+        from deal_core.models import DEFAULT_MODEL  # models imports torch: not at import time
+
         if self.engine is not None:
             return self.engine.model_name
         return DEFAULT_MODEL if self.model in (None, "embedded") else str(self.model)
 
     def search_config(self, stop: list[str] | None = None, **overrides: Any) -> SearchConfig:
         """The SearchConfig from the fields, then ``stop`` and per-call ``overrides`` on top."""
-        base = {f: getattr(self, f) for f in SEARCH_FIELDS if getattr(self, f) is not None}
-        if stop is not None:
-            base["stop"] = stop  # a per-call stop replaces the model's, as in other chat models
-        return make_config(base, **overrides)
+        return frontend.resolve_config(frontend.settings_of(self), stop=stop, overrides=overrides)
 
-    def get_engine(self, model: str | None = None) -> Engine:
+    def get_engine(self, model: str | None = None) -> Any:
         """The shared engine: a per-call ``model`` override, else ``engine``, else ``model``."""
+        from deal_core.engine import get_engine  # torch loads with the first engine, not at import
+
         if model is not None:
             return get_engine(model, self.device, dtype=self.dtype)
         if self.engine is not None:
             return self.engine
         return get_engine(self.model, self.device, dtype=self.dtype)
 
-    def resolve_call(self, stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[Engine, Any, SearchConfig]:
-        """(engine, reward spec, config) for one call, from the fields and the call's kwargs.
-
-        Unknown kwargs raise :class:`ConfigError` rather than being dropped: a misspelt
-        ``beam_widht=8`` must not silently run with the default.
-        """
+    def _call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's own keyword arguments (LangChain's internal ones dropped), checked: unknown
+        names raise :class:`ConfigError` rather than being ignored."""
         calls = {k: v for k, v in kwargs.items() if k not in _LANGCHAIN_INTERNAL and not k.startswith("ls_")}
-        unknown = sorted(set(calls) - CALL_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"{type(self).__name__} got unknown argument(s) {unknown}; per-call arguments are "
-                f"{sorted(CALL_KEYS)}")
+        frontend.check_call_kwargs(type(self).__name__, calls, _CALL_EXTRAS)
+        return calls
+
+    def resolve_call(self, stop: list[str] | None, kwargs: dict[str, Any]) -> tuple[Any, Any, SearchConfig]:
+        """(engine, reward spec, config) for one call, from the fields and the call's kwargs."""
+        calls = self._call_kwargs(kwargs)
         _check_temperature(calls.pop("temperature", None))
         if "max_tokens" in calls:
             calls["max_new_tokens"] = calls.pop("max_tokens")
         rewards = calls.pop("rewards", self.rewards)
         engine = self.get_engine(calls.pop("model", None))
-        config = self.search_config(stop, **{"trace": self.trace, **calls})
-        return engine, adapt_rewards(rewards), config
+        return engine, adapt_rewards(rewards), self.search_config(stop, **calls)
+
+    def text_prompt(self, engine: Any, text: str) -> Prompt:
+        """A string prompt as the engine searches it (:func:`deal_core.frontend.text_prompt`)."""
+        return frontend.text_prompt(engine.tokenizer, text, raw_prompt=self.raw_prompt)
+
+    # ---- LangChain's cache --------------------------------------------------------------------
+    def for_call(self, kwargs: dict[str, Any]) -> tuple[DeALParams, dict[str, Any]]:
+        """(model, remaining kwargs) for one ``generate`` call.
+
+        LangChain keys its LLM cache on the model's identifying params (and, for ``BaseLLM``, on
+        nothing from the call), so a per-call ``rewards=`` / ``beam_width=`` would be served the
+        answer cached without them. The call's search arguments become fields of a copy of this
+        model instead, which the cache key then includes. Rewards that cannot be identified (a
+        lambda, a Runnable) turn caching off for the call, with a warning.
+        """
+        ours = {k: v for k, v in kwargs.items() if k in CALL_KEYS}
+        rest = {k: v for k, v in kwargs.items() if k not in CALL_KEYS}
+        target = self
+        if ours:
+            self._call_kwargs(ours)  # unknown names were left in rest; bad values raise below
+            update = dict(ours)
+            if "model" in update:
+                update["engine"] = None  # a per-call model wins over an explicit engine, as before
+            if "max_tokens" in update:
+                update["max_new_tokens"] = update.pop("max_tokens")
+            _check_temperature(update.pop("temperature", None))
+            target = self.model_copy(update=update)
+            target.search_config()  # a bad per-call value raises ConfigError here
+        if target.cache is not False and rewards_identity(target.rewards) is None and _caching(target):
+            warnings.warn(
+                f"{type(self).__name__}: not caching this answer: a reward cannot be identified "
+                f"({frontend.describe_unidentified(adapt_rewards(target.rewards))}), so a cached answer "
+                "could belong to a different reward. Use deal_core rewards, module-level functions, "
+                "or set cache=False to silence this.", UserWarning, stacklevel=4)
+            target = target.model_copy(update={"cache": False})
+        return target, rest
+
+    def generate(self, inputs: Any, stop: list[str] | None = None, callbacks: Any = None,
+                 **kwargs: Any) -> Any:
+        """LangChain's ``generate``, on a copy carrying this call's search arguments (see :meth:`for_call`)."""
+        target, rest = self.for_call(kwargs)
+        return super(DeALParams, target).generate(inputs, stop, callbacks, **rest)  # type: ignore[misc]
+
+    async def agenerate(self, inputs: Any, stop: list[str] | None = None, callbacks: Any = None,
+                        **kwargs: Any) -> Any:
+        target, rest = self.for_call(kwargs)
+        return await super(DeALParams, target).agenerate(inputs, stop, callbacks, **rest)  # type: ignore[misc]
+
+    # ---- token counting with the engine's tokenizer (LangChain's default is GPT-2's) -----------
+    def get_token_ids(self, text: str) -> list[int]:
+        """``text`` encoded by this model's own tokenizer."""
+        if self.custom_get_token_ids is not None:  # type: ignore[attr-defined]
+            return self.custom_get_token_ids(text)  # type: ignore[attr-defined]
+        return frontend.token_ids(self.get_engine(), text)
 
     def identifying_params(self) -> dict[str, Any]:
-        """What makes two instances give different answers (used by LangChain's cache and traces)."""
+        """What makes two instances give different answers (LangChain's cache key and traces):
+        the model, every search setting and the rewards' identities."""
         return {
             "model_name": self.model_name,
             "device": self.device,
-            **self.search_config().model_dump(exclude={"trace"}),
-            "rewards": describe_rewards(self.rewards),
+            "dtype": self.dtype,
+            "raw_prompt": self.raw_prompt,
+            **self.search_config().model_dump(),
+            "rewards": rewards_identity(self.rewards),
         }
 
 
-def prompt_tokens(engine: Engine, prompt: Prompt, config: SearchConfig) -> int:
-    """Tokens the LM read as the prompt (chat template and alignment prompt included)."""
-    prepared = prepare_prompt(engine.tokenizer, engine.model, prompt,
-                              alignment_prompt=config.alignment_prompt,
-                              max_new_tokens=config.max_new_tokens)
-    return len(prepared.input_ids)
+def _caching(model: Any) -> bool:
+    """Whether LangChain would use a cache for ``model``'s calls."""
+    from langchain_core.caches import BaseCache
+    from langchain_core.globals import get_llm_cache
 
-
-def result_info(result: SearchResult, config: SearchConfig) -> dict[str, Any]:
-    """Why this text won: score, per-reward scores, finish reason, search stats (and the trace)."""
-    info: dict[str, Any] = {
-        "finish_reason": result.finish_reason,
-        "score": result.score,
-        "logprob": result.logprob,
-        "reward_scores": dict(result.reward_scores),
-        "search_stats": result.stats.model_dump(),
-        "path": list(result.path),
-    }
-    if config.trace:
-        info["trace"] = [step.model_dump() for step in result.trace]
-    return info
+    return isinstance(model.cache, BaseCache) or (model.cache is None and get_llm_cache() is not None) \
+        or model.cache is True
 
 
 def _check_temperature(value: float | None) -> None:

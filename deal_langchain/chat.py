@@ -29,9 +29,11 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict
 
-from deal_core import ConfigError, SearchResult
+from deal_core import frontend
+from deal_core.errors import ConfigError
+from deal_core.result import SearchResult
 
-from ._base import DeALParams, prompt_tokens, result_info
+from ._base import DeALParams
 
 _ROLE_OF = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant",
             "system": "system", "developer": "system", "tool": "tool", "function": "tool"}
@@ -109,6 +111,15 @@ class ChatDeAL(DeALParams, BaseChatModel):
             params["ls_stop"] = stop or self.stop
         return params
 
+    # ---- token counting ---------------------------------------------------------------------------
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
+        """Tokens the model reads for ``messages``: the chat template rendered and counted by the
+        engine's tokenizer (LangChain's default counts GPT-2 tokens of a plain-text buffer)."""
+        if tools:
+            raise ConfigError("ChatDeAL has no tool calling: count messages without tools")
+        return frontend.count_tokens(self.get_engine(), to_chat_messages(messages),
+                                     alignment_prompt=self.alignment_prompt)
+
     # ---- generate ---------------------------------------------------------------------------------
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
@@ -131,46 +142,44 @@ class ChatDeAL(DeALParams, BaseChatModel):
                 **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         engine, rewards, config = self.resolve_call(stop, kwargs)
         prompt = to_chat_messages(messages)
-        for item in engine.stream_events(prompt, rewards, config):
-            if isinstance(item, SearchResult):
-                yield self._final_chunk(engine, prompt, item, config)
-                return
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
+
+        def on_text(delta: str, _: str) -> ChatGenerationChunk:
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=delta))
             if run_manager:
-                run_manager.on_llm_new_token(item, chunk=chunk)
-            yield chunk
+                run_manager.on_llm_new_token(delta, chunk=chunk)
+            return chunk
+
+        yield from frontend.stream(engine, prompt, rewards, config, on_text,
+                                   lambda r: self._final_chunk(engine, prompt, r, config))
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         engine, rewards, config = self.resolve_call(stop, kwargs)
         prompt = to_chat_messages(messages)
-        async for item in engine.astream_events(prompt, rewards, config):
-            if isinstance(item, SearchResult):
-                yield self._final_chunk(engine, prompt, item, config)
-                return
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=item))
-            if run_manager:
-                await run_manager.on_llm_new_token(item, chunk=chunk)
+        chunks = await frontend.astream(
+            engine, prompt, rewards, config,
+            lambda d, _: ChatGenerationChunk(message=AIMessageChunk(content=d)),
+            lambda r: self._final_chunk(engine, prompt, r, config))
+        async for chunk in chunks:
+            if run_manager and chunk.text:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
 
     # ---- results ----------------------------------------------------------------------------------
     @staticmethod
-    def _metadata(engine, prompt, result: SearchResult, config) -> tuple[dict[str, Any], UsageMetadata]:
-        n_in, n_out = prompt_tokens(engine, prompt, config), len(result.token_ids)
-        usage = UsageMetadata(input_tokens=n_in, output_tokens=n_out, total_tokens=n_in + n_out)
-        return {"model_name": engine.model_name, **result_info(result, config)}, usage
+    def _metadata(engine: Any, prompt: Any, result: SearchResult, config: Any) -> tuple[dict[str, Any], UsageMetadata]:
+        meta = frontend.result_metadata(engine, prompt, result, config)
+        n_in, n_out = meta["token_usage"]["prompt_tokens"], meta["token_usage"]["completion_tokens"]
+        return meta, UsageMetadata(input_tokens=n_in, output_tokens=n_out, total_tokens=n_in + n_out)
 
-    def _chat_result(self, engine, prompt, result: SearchResult, config) -> ChatResult:
+    def _chat_result(self, engine: Any, prompt: Any, result: SearchResult, config: Any) -> ChatResult:
         meta, usage = self._metadata(engine, prompt, result, config)
         message = AIMessage(content=result.text, response_metadata=meta, usage_metadata=usage)
         return ChatResult(generations=[ChatGeneration(message=message, generation_info=meta)],
-                          llm_output={"model_name": engine.model_name,
-                                      "token_usage": {"prompt_tokens": usage["input_tokens"],
-                                                      "completion_tokens": usage["output_tokens"],
-                                                      "total_tokens": usage["total_tokens"]}})
+                          llm_output={"model_name": engine.model_name, "token_usage": meta["token_usage"]})
 
-    def _final_chunk(self, engine, prompt, result: SearchResult, config) -> ChatGenerationChunk:
+    def _final_chunk(self, engine: Any, prompt: Any, result: SearchResult, config: Any) -> ChatGenerationChunk:
         # Empty text: the deltas carried it. Only this chunk sets usage and metadata, so they are
         # counted once when LangChain adds the chunks up.
         meta, usage = self._metadata(engine, prompt, result, config)

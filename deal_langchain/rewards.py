@@ -17,7 +17,9 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable
 
-from deal_core import Reward, RewardError, RewardSet
+from deal_core import frontend
+from deal_core.errors import RewardError
+from deal_core.rewards import Reward, RewardSet
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf", re.IGNORECASE)
 
@@ -40,6 +42,9 @@ class RunnableReward(Reward):
         self._config = {"run_name": f"deal_reward:{self.name}"}
         if max_concurrency is not None:
             self._config["max_concurrency"] = max_concurrency
+
+    def identity(self) -> str | None:
+        return None  # a Runnable's behaviour is not in its name
 
     def _inputs(self, prompt: str, candidates: Sequence[str]) -> list[dict[str, str]]:
         return [{"prompt": prompt, "completion": c} for c in candidates]
@@ -91,23 +96,10 @@ def adapt_rewards(spec: Any) -> Any:
     return spec
 
 
-def describe_rewards(spec: Any) -> list[str]:
-    """Short stable descriptions of the rewards (for identifying params and traces)."""
-    if spec is None:
-        return []
-    if isinstance(spec, RewardSet):
-        return [f"{n}*{item.weight:g}" for n, item in zip(spec.names, spec.items)]
-    if _is_pair(spec):
-        return [f"{d}*{float(spec[1]):g}" for d in describe_rewards(spec[0])]
-    if isinstance(spec, (list, tuple)):
-        return [d for s in spec for d in describe_rewards(s)]
-    if isinstance(spec, str):
-        return [f"rubric:{spec}"]
-    if isinstance(spec, Runnable):
-        return [f"runnable:{spec.get_name()}"]
-    if isinstance(spec, Reward):
-        return [repr(spec)]
-    return [getattr(spec, "__qualname__", None) or getattr(spec, "__name__", None) or type(spec).__name__]
+def rewards_identity(spec: Any) -> list[str] | None:
+    """The rewards' identities (:func:`deal_core.frontend.rewards_identity`) after adapting
+    Runnables; None when some reward cannot be identified."""
+    return frontend.rewards_identity(adapt_rewards(spec))
 
 
 def _is_pair(spec: Any) -> bool:

@@ -1,9 +1,10 @@
 """A RAG reward: how much of an answer is backed by the retrieved context.
 
-It needs no LlamaIndex object: the context reaches the reward inside the prompt the query engine
-sends (the core passes a reward the last user message, which for LlamaIndex's QA templates holds
-"Context information is below ... Query: ..."). So it could live in ``deal_core.rewards``; it sits
-here until it moves.
+It needs no LlamaIndex object: the context reaches the reward inside the prompt. A reward sees the
+whole request (``deal_core.prompts.reward_prompt``: for a chat, every message, system context
+included), so the context counts wherever the prompt puts it -- LlamaIndex's QA templates
+("Context information is below ... Query: ..."), a system message of a LangChain RAG chain, an
+earlier turn. So it could live in ``deal_core.rewards``; it sits here until it moves.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ yourself yourselves since via per within without across among answer question co
 based given according provided
 """.split())
 _TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
-# LlamaIndex's QA templates fence the retrieved context with this line (text_qa and refine).
-_FENCE = "---------------------"
+# A line of dashes fences retrieved context: LlamaIndex's QA templates use 21 of them, hand-written
+# prompts (and our docs) often fewer; any line of three or more counts.
+_FENCE = re.compile(r"^[ \t]*-{3,}[ \t]*$", re.MULTILINE)
 
 
 def content_keys(text: str) -> list[str]:
@@ -47,8 +49,9 @@ def content_keys(text: str) -> list[str]:
 
 
 def context_of(prompt: str) -> str:
-    """The retrieved context inside a LlamaIndex QA prompt, or the whole prompt if unfenced."""
-    parts = prompt.split(_FENCE)
+    """The fenced context inside a prompt (between lines of 3+ dashes), or the whole prompt if
+    nothing is fenced."""
+    parts = _FENCE.split(prompt)
     return "\n".join(parts[1::2]) if len(parts) >= 3 else prompt
 
 

@@ -14,12 +14,14 @@ from :func:`deal_core.get_engine`, so the LangChain front end in the same proces
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from typing import Any, Optional
 
 from llama_index.core.base.llms.generic_utils import (
     completion_response_to_chat_response,
 )
+from llama_index.core.base.llms.generic_utils import messages_to_prompt as _default_messages_to_prompt
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -34,29 +36,38 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.llms.llm import default_completion_to_prompt as _default_completion_to_prompt
 
-from deal_core import ConfigError, Engine, RewardSet, SearchConfig, SearchResult, get_engine, make_config
-from deal_core.prompts import Prompt
+from deal_core import frontend
+from deal_core.config import SearchConfig
+from deal_core.prompts import Prompt, has_chat_template
+from deal_core.rewards import RewardSet
 
-# Search settings a caller may pass per call, e.g. ``llm.complete(p, beam_width=4)``.
-_CONFIG_FIELDS = frozenset(SearchConfig.model_fields)
 # LlamaIndex roles the chat templates do not know, mapped to the nearest one they do.
 _ROLE_MAP = {"developer": "system", "chatbot": "assistant", "model": "assistant", "function": "tool"}
 
 
-class DeALLLM(CustomLLM):
+class DeALLLM(frontend.SearchSettings, CustomLLM):  # type: ignore[misc,valid-type]
     """A LlamaIndex LLM that decodes by DeAL search (Huang et al., 2024) over a local model.
 
     ``rewards`` takes every kind ``deal_core`` takes: a rubric string, ``f(prompt, text) -> float``
     (sync or async), a batched ``f(prompt, texts)``, a ``deal_core`` :class:`~deal_core.Reward`, an
     object with ``.batch()``, a ``(reward, weight)`` pair, or a list mixing them. Search settings
-    (``beam_width``, ``top_k``, ``lookahead``, ``reward_scale`` ...) are fields here, and may also be
-    overridden per call as keyword arguments, as may ``rewards``.
+    (``beam_width``, ``top_k``, ``lookahead``, ``reward_scale`` ... one field per
+    :class:`~deal_core.SearchConfig` field) are fields here, and may also be overridden per call as
+    keyword arguments, as may ``rewards``. A whole ``search_config`` may be passed; fields set here
+    override it.
 
-    Every response carries the search's reasons in ``additional_kwargs`` (``score``, ``logprob``,
-    ``reward_scores``, ``finish_reason``, ``stats``) and the whole :class:`~deal_core.SearchResult`
-    (with its trace) in ``raw``. Streaming yields one response per committed piece of text
-    (``delta`` new, ``text`` accumulated) and a last one with ``delta=""`` carrying those fields.
+    A string prompt goes through the model's chat template as one user message (plus
+    ``system_prompt``), the same rule as ``deal_langchain``; ``raw_prompt=True`` continues it as
+    raw text, as does ``complete(prompt, formatted=True)`` and a ``completion_to_prompt`` you pass.
+
+    Every response carries the search's reasons in ``additional_kwargs`` -- the same keys as the
+    LangChain front end (:data:`deal_core.frontend.METADATA_KEYS`: ``score``, ``logprob``,
+    ``reward_scores``, ``finish_reason``, ``search_stats``, ``token_usage`` ...; ``trace`` with
+    ``trace=True``) -- and the whole :class:`~deal_core.SearchResult` in ``raw``. Streaming yields
+    one response per committed piece of text (``delta`` new, ``text`` accumulated) and a last one
+    with ``delta=""`` carrying those fields.
     """
 
     model: Optional[str] = Field(
@@ -65,112 +76,113 @@ class DeALLLM(CustomLLM):
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1' ...")
     model_name: str = Field(default="", description="Name reported in metadata (the engine's model).")
     context_window: int = Field(default=0, description="The model's context window, read from its config.")
-    max_new_tokens: int = Field(default=64, gt=0, description="Tokens generated at most (metadata.num_output).")
     is_chat_model: bool = Field(
         default=True,
-        description="True when the model has a chat template: LlamaIndex then sends messages, which "
-        "go through that template.",
+        description="True when the model has a chat template (and raw_prompt is off): LlamaIndex then "
+        "sends messages, which go through that template.",
     )
+    raw_prompt: bool = Field(default=False, description="Continue string prompts as raw text.")
     rewards: Any = Field(default=None, exclude=True, description="What the search aligns the answer to.")
     search_config: Optional[SearchConfig] = Field(
-        default=None, description="A full SearchConfig; the fields below override it when set."
+        default=None, description="A full SearchConfig; the search fields set here override it."
     )
-    beam_width: Optional[int] = None
-    top_k: Optional[int] = None
-    lookahead: Optional[int] = None
-    commit_tokens: Optional[int] = None
-    reward_scale: Optional[float] = None
-    stop: Optional[list[str]] = None
-    alignment_prompt: Optional[str] = None
-    seed: Optional[int] = None
-    timeout: Optional[float] = None
 
-    _engine: Engine = PrivateAttr()
+    _engine: Any = PrivateAttr()
     _reward_set: RewardSet = PrivateAttr()
     _config: SearchConfig = PrivateAttr()
-    _own_messages_to_prompt: bool = PrivateAttr(default=False)
-    _own_completion_to_prompt: bool = PrivateAttr(default=False)
 
-    def __init__(self, *, engine: Engine | None = None, callback_manager: CallbackManager | None = None,
+    def __init__(self, *, engine: Any = None, callback_manager: CallbackManager | None = None,
                  **kwargs: Any) -> None:
         """``engine``: use this engine instead of the shared one for ``(model, device)``."""
+        from deal_core.engine import get_engine  # torch loads with the first engine, not at import
+
         # Load (or reuse) the engine first: metadata needs the real model's window and template.
         eng = engine or get_engine(kwargs.get("model"), kwargs.get("device", "auto"))
         kwargs.setdefault("model_name", eng.model_name)
         kwargs["context_window"] = eng.context_window or 0
         if "is_chat_model" not in kwargs:
-            kwargs["is_chat_model"] = getattr(eng.tokenizer, "chat_template", None) is not None
-        own_m2p = kwargs.get("messages_to_prompt") is not None
-        own_c2p = kwargs.get("completion_to_prompt") is not None
+            kwargs["is_chat_model"] = has_chat_template(eng.tokenizer) and not kwargs.get("raw_prompt", False)
         super().__init__(callback_manager=callback_manager, **kwargs)
         self._engine = eng
-        self._own_messages_to_prompt = own_m2p
-        self._own_completion_to_prompt = own_c2p
         # Validate now, so a bad reward or setting fails at construction, not at the first query.
         self._reward_set = RewardSet.from_spec(self.rewards)
         self._config = self._build_config({})
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The engine (a model with locks) is not pickled: unpickling gets the shared one again.
+        # Rewards that cannot be pickled would be dropped by LlamaIndex with only a log line, and
+        # the copy would silently search without them: refuse instead.
+        try:
+            pickle.dumps(self.rewards)
+        except Exception as exc:
+            raise pickle.PicklingError(
+                f"DeALLLM cannot be pickled: its rewards cannot ({type(exc).__name__}: {exc}). Use "
+                "deal_core rewards or module-level functions, or rebuild the LLM where it is needed"
+            ) from exc
+        state = super().__getstate__()
+        state["__pydantic_private__"] = {}
+        return state
 
     @classmethod
     def class_name(cls) -> str:
         return "DeAL_LLM"
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> Any:
         """The shared :class:`deal_core.Engine` this LLM searches with."""
         return self._engine
+
+    @property
+    def max_tokens(self) -> int:
+        """Tokens generated at most: ``max_new_tokens`` if set, else the search config's."""
+        return self._config.max_new_tokens
 
     @property
     def metadata(self) -> LLMMetadata:
         return LLMMetadata(
             context_window=self.context_window,
-            num_output=self.max_new_tokens,
+            num_output=self._config.max_new_tokens,
             model_name=self.model_name,
             is_chat_model=self.is_chat_model,
         )
 
     # ---- turning LlamaIndex inputs into engine arguments ----------------------------------------
     def _build_config(self, overrides: dict[str, Any]) -> SearchConfig:
-        fields = {name: getattr(self, name) for name in _CONFIG_FIELDS
-                  if name in type(self).model_fields and getattr(self, name) is not None}
-        fields["max_new_tokens"] = self.max_new_tokens
-        fields.update(overrides)
-        return make_config(self.search_config, **fields)
+        return frontend.resolve_config(frontend.settings_of(self), base=self.search_config, overrides=overrides)
 
     def _call_args(self, kwargs: dict[str, Any]) -> tuple[RewardSet, SearchConfig]:
         """Split per-call kwargs into (rewards, config); unknown names are an error, not ignored."""
         kwargs = dict(kwargs)
+        frontend.check_call_kwargs("DeALLLM", kwargs, extra=("config",))
         rewards = RewardSet.from_spec(kwargs.pop("rewards")) if "rewards" in kwargs else self._reward_set
         config = kwargs.pop("config", None)
-        unknown = sorted(set(kwargs) - _CONFIG_FIELDS)
-        if unknown:
-            raise ConfigError(
-                f"DeALLLM got unknown argument(s) {unknown}; per-call arguments are 'rewards', "
-                f"'config' and the SearchConfig fields {sorted(_CONFIG_FIELDS)}"
-            )
         if config is None and not kwargs:
             return rewards, self._config
-        return rewards, make_config(config if config is not None else self._config, **kwargs)
+        return rewards, frontend.resolve_config({}, base=config if config is not None else self._config,
+                                                overrides=kwargs)
+
+    def _own(self, fn: Any, default: Any) -> bool:
+        # Compared with LlamaIndex's defaults, not remembered from __init__'s arguments: unpickling
+        # re-runs __init__ with the defaults as arguments.
+        return fn is not None and fn is not default
 
     def _completion_prompt(self, prompt: str, formatted: bool) -> Prompt:
         """What the engine searches from, for ``complete(prompt, formatted)``.
 
         A formatted prompt is sent as-is. Otherwise, as ``HuggingFaceLLM`` does, a user's
-        ``completion_to_prompt`` wins; failing that a chat model gets the text as one user message
-        (plus ``system_prompt``) through its chat template -- what an instruct model expects.
+        ``completion_to_prompt`` wins; failing that the one rule of both front ends applies
+        (:func:`deal_core.frontend.text_prompt`): the chat template for a chat model, unless
+        ``raw_prompt``.
         """
         if formatted:
             return prompt
-        if self._own_completion_to_prompt:
+        if self._own(self.completion_to_prompt, _default_completion_to_prompt):
             return self.completion_to_prompt(prompt)
-        if self.is_chat_model:
-            messages = [{"role": "user", "content": prompt}]
-            if self.system_prompt:
-                messages.insert(0, {"role": "system", "content": self.system_prompt})
-            return messages
-        return f"{self.system_prompt} {prompt}" if self.system_prompt else prompt
+        return frontend.text_prompt(self._engine.tokenizer, prompt, raw_prompt=self.raw_prompt,
+                                    system_prompt=self.system_prompt)
 
     def _chat_prompt(self, messages: Sequence[ChatMessage]) -> Prompt:
-        if self._own_messages_to_prompt or not self.is_chat_model:
+        if self._own(self.messages_to_prompt, _default_messages_to_prompt) or not self.is_chat_model:
             return self.messages_to_prompt(messages)
         out = []
         for m in messages:
@@ -179,77 +191,40 @@ class DeALLLM(CustomLLM):
         return out
 
     # ---- turning engine results into LlamaIndex responses ------------------------------------------
-    @staticmethod
-    def _info(result: SearchResult) -> dict[str, Any]:
-        return {
-            "score": result.score,
-            "logprob": result.logprob,
-            "reward_scores": dict(result.reward_scores),
-            "finish_reason": result.finish_reason,
-            "stats": result.stats.model_dump(),
-            "completion_tokens": len(result.token_ids),
-        }
-
-    def _response(self, result: SearchResult) -> CompletionResponse:
-        return CompletionResponse(text=result.text, additional_kwargs=self._info(result), raw=result)
+    def _response(self, prompt: Prompt, result: Any, config: SearchConfig) -> CompletionResponse:
+        return CompletionResponse(text=result.text, raw=result,
+                                  additional_kwargs=frontend.result_metadata(self._engine, prompt, result, config))
 
     def _stream(self, prompt: Prompt, kwargs: dict[str, Any]) -> CompletionResponseGen:
         rewards, config = self._call_args(kwargs)
-        # engine.stream validates (and raises) here, at the call, before anyone iterates.
-        deltas = self._engine.stream(prompt, rewards, config)
-
-        def gen() -> CompletionResponseGen:
-            text = ""
-            try:
-                while True:
-                    try:
-                        delta = next(deltas)
-                    except StopIteration as stop:
-                        result: SearchResult = stop.value
-                        break
-                    text += delta
-                    yield CompletionResponse(text=text, delta=delta)
-            finally:
-                deltas.close()  # a consumer that stops early ends the search too
-            yield CompletionResponse(text=result.text, delta="", additional_kwargs=self._info(result),
-                                     raw=result)
-
-        return gen()
+        return frontend.stream(self._engine, prompt, rewards, config,
+                               lambda delta, text: CompletionResponse(text=text, delta=delta),
+                               lambda r: self._final(prompt, r, config))
 
     async def _astream(self, prompt: Prompt, kwargs: dict[str, Any]) -> CompletionResponseAsyncGen:
         rewards, config = self._call_args(kwargs)
-        events = self._engine.astream_events(prompt, rewards, config)
-        # Take the first item before returning, so bad input raises at ``await astream_complete``
-        # (as it does for the sync twin) rather than at the first ``async for``.
-        try:
-            first = await events.__anext__()
-        except BaseException:
-            await events.aclose()
-            raise
+        return await frontend.astream(self._engine, prompt, rewards, config,
+                                      lambda delta, text: CompletionResponse(text=text, delta=delta),
+                                      lambda r: self._final(prompt, r, config))
 
-        async def gen() -> CompletionResponseAsyncGen:
-            text = ""
-            try:
-                item = first
-                while True:
-                    if isinstance(item, SearchResult):
-                        yield CompletionResponse(text=item.text, delta="", additional_kwargs=self._info(item),
-                                                 raw=item)
-                        return
-                    text += item
-                    yield CompletionResponse(text=text, delta=item)
-                    item = await events.__anext__()
-            finally:
-                await events.aclose()
+    def _final(self, prompt: Prompt, result: Any, config: SearchConfig) -> CompletionResponse:
+        response = self._response(prompt, result, config)
+        response.delta = ""
+        return response
 
-        return gen()
+    def _search(self, prompt: Prompt, kwargs: dict[str, Any]) -> CompletionResponse:
+        rewards, config = self._call_args(kwargs)
+        return self._response(prompt, self._engine.search(prompt, rewards, config), config)
+
+    async def _asearch(self, prompt: Prompt, kwargs: dict[str, Any]) -> CompletionResponse:
+        rewards, config = self._call_args(kwargs)
+        return self._response(prompt, await self._engine.asearch(prompt, rewards, config), config)
 
     # ---- completion -----------------------------------------------------------------------------------
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """One DeAL search; ``kwargs`` may override ``rewards`` and SearchConfig fields."""
-        rewards, config = self._call_args(kwargs)
-        return self._response(self._engine.search(self._completion_prompt(prompt, formatted), rewards, config))
+        return self._search(self._completion_prompt(prompt, formatted), kwargs)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
@@ -258,9 +233,7 @@ class DeALLLM(CustomLLM):
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        rewards, config = self._call_args(kwargs)
-        result = await self._engine.asearch(self._completion_prompt(prompt, formatted), rewards, config)
-        return self._response(result)
+        return await self._asearch(self._completion_prompt(prompt, formatted), kwargs)
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
@@ -270,9 +243,7 @@ class DeALLLM(CustomLLM):
     # ---- chat (through the model's chat template) -------------------------------------------------
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        rewards, config = self._call_args(kwargs)
-        result = self._engine.search(self._chat_prompt(messages), rewards, config)
-        return _chat_response(self._response(result))
+        return _chat_response(self._search(self._chat_prompt(messages), kwargs))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -281,9 +252,7 @@ class DeALLLM(CustomLLM):
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        rewards, config = self._call_args(kwargs)
-        result = await self._engine.asearch(self._chat_prompt(messages), rewards, config)
-        return _chat_response(self._response(result))
+        return _chat_response(await self._asearch(self._chat_prompt(messages), kwargs))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:

@@ -49,7 +49,7 @@ class LastLLMResult(BaseEventHandler):
 
 def show(label: str, answer: str, info: dict[str, Any], seconds: float) -> None:
     scores = "  ".join(f"{k}={v:.3f}" for k, v in info.get("reward_scores", {}).items())
-    stats = info.get("stats", {})
+    stats = info.get("search_stats", {})
     print(f"\n== {label}  ({seconds:.1f}s, {stats.get('steps', '?')} steps, "
           f"{stats.get('candidates_scored', '?')} candidates scored)")
     print(f"   {scores}  finish={info.get('finish_reason')}")

@@ -37,6 +37,8 @@ GREEDY = dict(max_new_tokens=12, beam_width=1, top_k=1, lookahead=0)
 PROMPT = "Tell me about the sea."
 MESSAGES = [SystemMessage("Be brief."), HumanMessage(PROMPT)]
 MESSAGE_DICTS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}]
+# A string prompt reaches an instruct model as one user message through its chat template.
+USER = [{"role": "user", "content": PROMPT}]
 
 
 @pytest.fixture
@@ -73,7 +75,7 @@ class AsyncTokens(AsyncCallbackHandler):
 
 # ---- invoke / generate / metadata ------------------------------------------------------------------
 def test_invoke_is_the_engine_search(llm, chat, tiny):
-    assert llm.invoke(PROMPT) == tiny.search(PROMPT, count_e, **FAST).text
+    assert llm.invoke(PROMPT) == tiny.search(USER, count_e, **FAST).text
     reply = chat.invoke(MESSAGES)
     assert isinstance(reply, AIMessage)
     # Messages go through the model's chat template, exactly as a list of dicts would.
@@ -81,7 +83,7 @@ def test_invoke_is_the_engine_search(llm, chat, tiny):
 
 
 def test_generation_info_and_llm_output(llm, tiny):
-    direct = tiny.search(PROMPT, count_e, **FAST)
+    direct = tiny.search(USER, count_e, **FAST)
     result = llm.generate([PROMPT])
     info = result.generations[0][0].generation_info
     assert result.generations[0][0].text == direct.text
@@ -93,7 +95,8 @@ def test_generation_info_and_llm_output(llm, tiny):
     stats = info["search_stats"]
     assert stats["steps"] > 0 and stats["reward_calls"] > 0 and stats["lm_forward_passes"] > 0
     assert "trace" not in info  # off unless asked for: it is large
-    n_in = len(tiny.tokenizer(PROMPT)["input_ids"])
+    templated = tiny.tokenizer.apply_chat_template(USER, add_generation_prompt=True, tokenize=False)
+    n_in = len(tiny.tokenizer(templated, add_special_tokens=False)["input_ids"])
     usage = {"prompt_tokens": n_in, "completion_tokens": len(direct.token_ids),
              "total_tokens": n_in + len(direct.token_ids)}
     assert info["token_usage"] == usage
@@ -121,7 +124,8 @@ def test_identity_for_tracing_and_caching(llm, chat):
     params = llm._identifying_params
     assert params["model_name"] == "tiny-random-llama"
     assert params["beam_width"] == 2 and params["max_new_tokens"] == 6
-    assert params["rewards"] == ["count_e"]
+    assert params["rewards"] == ["CallableReward(tests.helpers.count_e, name='count_e', batched=False, "
+                                 "low=-inf, high=inf)*1"]
     assert llm._llm_type == "deal" and chat._llm_type == "deal-chat"
     ls = chat._get_ls_params(stop=["\n"])
     assert ls["ls_provider"] == "deal" and ls["ls_model_type"] == "chat" and ls["ls_stop"] == ["\n"]
@@ -136,7 +140,8 @@ def test_batch_is_one_engine_batch(llm, tiny, monkeypatch):
     real = tiny.search_batch
     monkeypatch.setattr(tiny, "search_batch", lambda ps, *a, **k: calls.append(list(ps)) or real(ps, *a, **k))
     assert llm.batch(prompts) == singles
-    assert calls == [prompts]  # all prompts' candidates shared each forward pass
+    # All prompts' candidates shared each forward pass (each prompt as a user message).
+    assert calls == [[[{"role": "user", "content": p}] for p in prompts]]
 
 
 def test_stream_chunks_concatenate_to_invoke(llm, chat):
@@ -160,7 +165,7 @@ def test_streaming_flag_streams_through_invoke(tiny):
     handler = Tokens()
     llm = DeALLLM(engine=tiny, rewards=count_e, streaming=True, callbacks=[handler], **FAST)
     text = llm.invoke(PROMPT)
-    assert text == tiny.search(PROMPT, count_e, **FAST).text
+    assert text == tiny.search(USER, count_e, **FAST).text
     assert len(handler.tokens) >= 2 and "".join(handler.tokens) == text
     assert handler.ends[0].generations[0][0].generation_info["reward_scores"]["count_e"] >= 0
 
@@ -274,7 +279,7 @@ def test_rewards_mix_with_weights_and_bind_overrides(llm, tiny):
     mixed = [(count_e, 2.0), KeywordReward(["wave"]), (runnable, 0.5)]
     bound = llm.bind(rewards=mixed, beam_width=1)
     info = bound.invoke(PROMPT)  # a str for DeALLLM
-    direct = tiny.search(PROMPT, [(count_e, 2.0), KeywordReward(["wave"]),
+    direct = tiny.search(USER, [(count_e, 2.0), KeywordReward(["wave"]),
                                   (RunnableReward(runnable), 0.5)], **{**FAST, "beam_width": 1})
     assert info == direct.text
     scores = llm.generate([PROMPT], rewards=mixed).generations[0][0].generation_info["reward_scores"]
@@ -295,7 +300,7 @@ def test_bind_overrides_for_chat_and_in_a_chain(chat, tiny):
     assert (prompt | chat | StrOutputParser()).invoke({"topic": "sea"}) == chat.invoke(MESSAGES).content
     text_prompt = PromptTemplate.from_template("Tell me about the {topic}.")
     assert (text_prompt | DeALLLM(engine=tiny, **FAST) | StrOutputParser()).invoke({"topic": "sea"}) == \
-        tiny.search(PROMPT, None, **FAST).text
+        tiny.search(USER, None, **FAST).text
 
 
 def test_rubric_string_reward_uses_the_judge(tiny):

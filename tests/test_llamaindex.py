@@ -52,7 +52,7 @@ def test_complete_is_the_engine_search(llm, tiny):
     assert info["score"] == pytest.approx(direct.score)
     assert info["reward_scores"] == {"count_e": pytest.approx(direct.reward_scores["count_e"])}
     assert info["finish_reason"] in {"eos", "stop", "length"}
-    assert info["stats"]["reward_calls"] > 0 and info["stats"]["steps"] > 0
+    assert info["search_stats"]["reward_calls"] > 0 and info["search_stats"]["steps"] > 0
 
 
 def test_unformatted_complete_uses_the_chat_template(llm, tiny):

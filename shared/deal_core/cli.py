@@ -146,10 +146,24 @@ class _Counted(Reward):
     def __init__(self, inner: Any, counter: list[int]) -> None:
         self._inner, self._counter = as_reward(inner), counter
         self.name, self.low, self.high = self._inner.name, self._inner.low, self._inner.high
+        # An end-aware reward must stay end-aware: the search proposes "end here" candidates only
+        # for those, and calls score_ended instead of score.
+        self.end_aware = self._inner.end_aware
 
     def score(self, prompt: str, candidates: Sequence[str]) -> list[float]:
         self._counter[0] += len(candidates)
         return self._inner.score(prompt, candidates)
+
+    def score_ended(self, prompt: str, candidates: Sequence[str], ended: Sequence[bool]) -> list[float]:
+        self._counter[0] += len(candidates)
+        return self._inner.score_ended(prompt, candidates, ended)
+
+    async def ascore(self, prompt: str, candidates: Sequence[str]) -> list[float]:
+        self._counter[0] += len(candidates)
+        return await self._inner.ascore(prompt, candidates)
+
+    def identity(self) -> str | None:
+        return self._inner.identity()
 
 
 def _run_with_progress(engine, prompt: Any, rewards: list[tuple[Any, float]], config, *,

@@ -20,10 +20,12 @@ class PreparedPrompt:
     """A prompt ready for the LM: token ids, plus the text rewards see as "the prompt"."""
 
     input_ids: list[int]
+    #: What every reward receives as ``prompt``: a string prompt as given; for chat messages see
+    #: :func:`reward_prompt` (the whole conversation, so system context and history count).
     reward_prompt: str
 
 
-def context_window(model) -> int | None:
+def context_window(model: Any) -> int | None:
     """The context window of a transformers model, or of a backend (``model`` may be either)."""
     if not hasattr(model, "config") and hasattr(model, "context_window"):  # a backend (one layer up)
         return model.context_window
@@ -35,7 +37,7 @@ def context_window(model) -> int | None:
     return None
 
 
-def _check_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+def _check_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
@@ -69,11 +71,31 @@ def _valid_text(text: str, what: str) -> str:
     return text
 
 
-def prepare_prompt(tokenizer, model, prompt: Prompt, *, alignment_prompt: str | None,
-                   max_new_tokens: int) -> PreparedPrompt:
-    """Apply the chat template (for messages) and the alignment prompt; check the context window.
+def has_chat_template(tokenizer: Any) -> bool:
+    """Whether the tokenizer renders chat messages (an instruct/chat model)."""
+    return getattr(tokenizer, "chat_template", None) is not None
 
-    Rewards see the user's own request: the string, or the last user message of a chat.
+
+def reward_prompt(messages: Sequence[Message]) -> str:
+    """What a reward receives as ``prompt`` for a chat: the whole request as plain text.
+
+    A single user message is passed as its content. Any other conversation is every message, in
+    order, as ``"<Role>: <content>"`` blocks separated by a blank line (``System``, ``User``,
+    ``Assistant``, ``Tool``) -- so context in a system message (a RAG prompt), earlier turns and
+    tool outputs all reach the rewards. The ``alignment_prompt`` is not part of it: it steers the
+    LM, it is not the user's request.
+    """
+    checked = _check_messages(messages)
+    if len(checked) == 1 and checked[0]["role"] == "user":
+        return checked[0]["content"]
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in checked)
+
+
+def encode_prompt(tokenizer: Any, prompt: Prompt, *, alignment_prompt: str | None = None) -> PreparedPrompt:
+    """The prompt's token ids (chat template applied to messages, alignment prompt added) and the
+    text rewards see (:func:`reward_prompt`; a string prompt is passed to rewards as it is).
+
+    No context-window check: :func:`prepare_prompt` adds it. Token counters use this directly.
     """
     if alignment_prompt is not None:
         _valid_text(alignment_prompt, "alignment_prompt")
@@ -86,22 +108,29 @@ def prepare_prompt(tokenizer, model, prompt: Prompt, *, alignment_prompt: str | 
             raise ConfigError("the prompt is empty; pass some text (or a list of chat messages)")
         text = f"{alignment_prompt}\n\n{prompt}" if alignment_prompt else prompt
         ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-        reward_prompt = prompt
-    elif isinstance(prompt, Sequence):
+        return PreparedPrompt(input_ids=list(ids), reward_prompt=prompt)
+    if isinstance(prompt, Sequence):
         messages = _check_messages(prompt)
+        rewards_see = reward_prompt(messages)
         if alignment_prompt:
             if messages[0]["role"] == "system":
                 messages[0] = {"role": "system", "content": f"{alignment_prompt}\n\n{messages[0]['content']}"}
             else:
                 messages.insert(0, {"role": "system", "content": alignment_prompt})
-        if getattr(tokenizer, "chat_template", None) is None:
+        if not has_chat_template(tokenizer):
             raise ConfigError("this model's tokenizer has no chat template; pass the prompt as a string")
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        users = [m["content"] for m in messages if m["role"] == "user"]
-        reward_prompt = users[-1] if users else messages[-1]["content"]
-    else:
-        raise ConfigError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}")
+        return PreparedPrompt(input_ids=list(ids), reward_prompt=rewards_see)
+    raise ConfigError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}")
+
+
+def prepare_prompt(tokenizer: Any, model: Any, prompt: Prompt, *, alignment_prompt: str | None,
+                   max_new_tokens: int) -> PreparedPrompt:
+    """:func:`encode_prompt`, then check that prompt + ``max_new_tokens`` fit the context window
+    (``model``: a transformers model or a backend)."""
+    prepared = encode_prompt(tokenizer, prompt, alignment_prompt=alignment_prompt)
+    ids = prepared.input_ids
     if not ids:
         raise ConfigError("the prompt encodes to zero tokens; pass some text")
     window = context_window(model)
@@ -116,4 +145,4 @@ def prepare_prompt(tokenizer, model, prompt: Prompt, *, alignment_prompt: str | 
             f"window is {window} tokens; shorten the prompt or lower max_new_tokens to "
             f"{window - len(ids)}"
         )
-    return PreparedPrompt(input_ids=list(ids), reward_prompt=reward_prompt)
+    return prepared

@@ -16,8 +16,12 @@ contains mid-sentence.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class Reward(ABC):
@@ -45,5 +49,57 @@ class Reward(ABC):
         """Async twin of :meth:`score`; by default runs :meth:`score` in a worker thread."""
         return await asyncio.to_thread(self.score, prompt, list(candidates))
 
+    #: Public attributes that change as the reward runs (counters, loaded info): not part of
+    #: :meth:`identity`.
+    identity_skip: frozenset[str] = frozenset()
+
+    def identity(self) -> str | None:
+        """A stable description of everything that decides this reward's scores, or None when that
+        cannot be known (it holds a function, a model object ...).
+
+        Front ends key cached answers on it (two ``KeywordReward``s with different words must not
+        share an answer) and refuse to cache when it is None. The default describes the class and
+        its public attributes when they are plain data (numbers, strings, lists, dicts, compiled
+        regexes, other rewards); a reward with other state overrides it.
+        """
+        state = {k: v for k, v in sorted(vars(self).items())
+                 if not k.startswith("_") and k not in self.identity_skip}
+        described = _plain(state)
+        if described is None:
+            return None
+        cls = type(self)
+        return f"{cls.__module__}.{cls.__qualname__}{json.dumps(described, sort_keys=True)}"
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+_UNKNOWN = object()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-able plain data, or None if some part of it is not plain data."""
+    out = _to_plain(value)
+    return None if out is _UNKNOWN else out
+
+
+def _to_plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value if not isinstance(value, float) or value == value else "nan"
+    if isinstance(value, Reward):
+        ident = value.identity()
+        return _UNKNOWN if ident is None else {"reward": ident}
+    if isinstance(value, re.Pattern):
+        return {"regex": value.pattern if isinstance(value.pattern, str) else repr(value.pattern),
+                "flags": int(value.flags)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _to_plain({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+    if isinstance(value, Mapping):
+        items = {str(k): _to_plain(v) for k, v in value.items()}
+        return _UNKNOWN if any(v is _UNKNOWN for v in items.values()) else items
+    if isinstance(value, (list, tuple, set, frozenset)):
+        seq = [_to_plain(v) for v in value]
+        if isinstance(value, (set, frozenset)):
+            seq = sorted(seq, key=repr)
+        return _UNKNOWN if any(v is _UNKNOWN for v in seq) else seq
+    return _UNKNOWN

@@ -79,6 +79,17 @@ class CallableReward(Reward):
         )
         self.low, self.high = low, high
 
+    def identity(self) -> str | None:
+        """A module-level function (no closure) is identified by its import path; a lambda, a
+        closure or a callable object cannot be (its behaviour is not in its name): None."""
+        fn = self.fn
+        qualname, module = getattr(fn, "__qualname__", ""), getattr(fn, "__module__", None)
+        if (not inspect.isfunction(fn) or fn.__closure__ or "<" in qualname or not module
+                or module == "__main__"):
+            return None
+        return (f"CallableReward({module}.{qualname}, name={self.name!r}, batched={self.batched}, "
+                f"low={self.low}, high={self.high})")
+
     def score(self, prompt: str, candidates: Sequence[str]) -> list[float]:
         if self.is_async:
             return _run_coroutine(self.ascore(prompt, candidates))
@@ -105,6 +116,9 @@ class BatchMethodReward(Reward):
         self.obj = obj
         self.name = name or getattr(obj, "name", None) or _callable_name(obj)
         self.low, self.high = float("-inf"), float("inf")
+
+    def identity(self) -> str | None:
+        return None  # an arbitrary object: what it computes is not in its attributes
 
     @staticmethod
     def _unwrap(outputs: Sequence[Any]) -> list[Any]:

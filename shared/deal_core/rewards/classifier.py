@@ -52,6 +52,13 @@ class ClassifierReward(Reward):
         self.name = name or default
         self._lock = threading.Lock()
 
+    def identity(self) -> str | None:
+        source = getattr(self.model.config, "_name_or_path", None)
+        if not source:
+            return None  # a model object built in memory: nothing names its weights
+        return (f"ClassifierReward({source!r}, label={self.label_index}, pair={self.pair}, "
+                f"max_length={self.max_length}, name={self.name!r})")
+
     @staticmethod
     def _load(model: Any, tokenizer: Any, device) -> tuple[Any, Any]:
         if isinstance(model, (str, os.PathLike)):

@@ -9,6 +9,7 @@ sentence?" -- and that is the one word lists fail.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -18,8 +19,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from ..kv import select_rows
-from ..models import get_model
+from ..kv import cache_kwargs, select_rows
+from ..models import get_model, model_key
 from .base import Reward
 
 #: Candidates that share at least this many leading tokens are scored from one cached prefix.
@@ -66,6 +67,14 @@ class FluencyReward(Reward):
         self._prefixes: OrderedDict[tuple[int, ...], _Prefix] = OrderedDict()
         self._lock = threading.Lock()
         self.tokens_run = 0  # tokens through the LM so far (for benchmarks)
+
+    def identity(self) -> str | None:
+        spec = self._spec
+        if spec is None or isinstance(spec, (str, os.PathLike)):
+            model = model_key(spec, "cpu")[0]
+        else:
+            model = getattr(spec, "model_name", None) or getattr(spec, "name", None)
+        return None if model is None else f"FluencyReward(model={str(model)!r}, name={self.name!r})"
 
     @property
     def engine(self) -> Any:
@@ -150,7 +159,7 @@ class FluencyReward(Reward):
         new = torch.tensor([prefix[n_base:]], device=device)
         cache = DynamicCache(config=model.config) if base is None else select_rows(base.cache, torch.zeros(1, dtype=torch.long))
         positions = torch.arange(n_base, len(prefix), device=device)[None, :]
-        logits = model(input_ids=new, position_ids=positions, past_key_values=cache, use_cache=True).logits[0]
+        logits = model(input_ids=new, position_ids=positions, **cache_kwargs(model, cache)).logits[0]
         lp = torch.log_softmax(logits.float(), -1)
         self.tokens_run += len(prefix) - n_base
         total = 0.0 if base is None else base.logprob + float(base.next_lp[prefix[n_base]])
@@ -178,7 +187,7 @@ class FluencyReward(Reward):
         positions = torch.arange(n_prefix, n_prefix + width, device=device)[None, :].expand(n, -1)
         cache = select_rows(start.cache, torch.zeros(n, dtype=torch.long))
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                       past_key_values=cache, use_cache=True).logits
+                       **cache_kwargs(model, cache)).logits
         inner = torch.log_softmax(logits.float(), -1)[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
         first = start.next_lp[ids[:, 0]]
         self.tokens_run += sum(len(s) for s in suffixes)

@@ -493,6 +493,12 @@ class HarmlessnessReward(Reward):
         self._head, record = load_head(self.head_file)
         self.info: dict[str, Any] = record
 
+    def identity(self) -> str | None:
+        if self.head_file is None:
+            return None  # trained in this process: nothing names its weights
+        sha = self.info.get("weights_sha256")
+        return f"HarmlessnessReward(head={str(self.head_file)!r}, sha256={sha!r}, name={self.name!r})"
+
     @classmethod
     def _from_head(cls, head: BilinearHead, info: dict[str, Any], name: str) -> HarmlessnessReward:
         self = cls.__new__(cls)

@@ -82,6 +82,12 @@ class RubricReward(Reward):
             raise RewardError(f"reward {self.name!r}: judge {judge.name!r} failed: "
                               f"{type(exc).__name__}: {exc}", reward_name=self.name) from exc
 
+    def identity(self) -> str | None:
+        spec = self._judge_spec
+        judge = spec.name if isinstance(spec, Judge) else (spec or "embedded")
+        examples = [(e.prompt, e.reply, e.meets) for e in self.examples]
+        return f"RubricReward({self.rubric!r}, judge={judge!r}, examples={examples!r}, name={self.name!r})"
+
     def __repr__(self) -> str:
         return f"RubricReward({self.rubric!r}, judge={self._judge_spec!r}, name={self.name!r})"
 
