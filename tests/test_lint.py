@@ -26,3 +26,21 @@ def test_import_contracts_hold():
     out = _run("lint-imports", "--no-cache")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert "0 broken" in out.stdout
+
+
+def test_every_public_name_resolves():
+    """deal_core resolves its names lazily: each one in __all__ must still import."""
+    import deal_core
+
+    missing = [name for name in deal_core.__all__ if not hasattr(deal_core, name)]
+    assert not missing
+
+
+def test_front_ends_and_cli_import_without_torch():
+    """`import deal_langchain` and `deal --help` stay light: torch/transformers load with the first model."""
+    code = ("import sys, deal_langchain, deal_core.cli, deal_core.frontend; "
+            "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules); print(heavy)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "shared"), str(ROOT)])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

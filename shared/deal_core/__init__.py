@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import errors  # light (no dependencies): the error hierarchy is always loaded
+
 # Names are imported on first use (PEP 562): `import deal_core` -- and `import deal_langchain`,
 # `deal --help` -- must not pay for torch and transformers before a model is needed.
 _EXPORTS: dict[str, str] = {
@@ -29,6 +31,8 @@ _EXPORTS: dict[str, str] = {
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
+    if module is None and isinstance(getattr(errors, name, None), type):
+        module = "errors"  # every error class, including ones added later, without listing them
     if module is None:
         raise AttributeError(f"module 'deal_core' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
@@ -43,8 +47,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what static checkers see: the same names, eagerly
     from .config import SearchConfig, make_config
     from .engine import Engine, clear_engines, get_engine
-    from .errors import (ConfigError, ContextLengthError, DeALError, ModelLoadError, RewardError,
-                         SearchCancelled, SearchTimeout)
+    from .errors import (ConfigError, ContextLengthError, DeALError, ModelLoadError, ModelRunError,
+                         NoValidCandidate, RewardError, SearchCancelled, SearchTimeout)
     from .judge import Judge, get_judge
     from .models import DEFAULT_MODEL, cache_dir, get_model, load_model
     from .result import SearchResult, SearchStats, TraceCandidate, TraceStep
