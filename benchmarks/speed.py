@@ -92,7 +92,7 @@ def main() -> None:
     for p, r in zip(prompts[:n_ref], rewards[:n_ref]):
         prepared = prepare_prompt(engine.tokenizer, engine.model, p, alignment_prompt=None,
                                   max_new_tokens=config.max_new_tokens)
-        res, dt = timed(lambda: reference_search(engine.model, engine.tokenizer, prepared,
+        res, dt = timed(lambda prepared=prepared, r=r: reference_search(engine.model, engine.tokenizer, prepared,
                                                  RewardSet.from_spec([r]), config))
         ref_results.append(res)
         t_ref += dt

@@ -1,4 +1,10 @@
-"""Shared fixtures: the real embedded model (one load per session) and a tiny random-weight LM."""
+"""Shared fixtures: the real embedded model (one load per session) and a tiny random-weight LM.
+
+Two tiers: ``pytest -m "not slow"`` is the fast unit tier (the tiny random-weight model, no real
+weights); the rest (``slow``) runs the real embedded model. A test is ``slow`` when it asks for
+the ``engine`` fixture (directly or through another fixture) or carries the marker; any other
+test that reaches the real model through the shared registry fails, saying to mark it.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import deal_core.models as core_models
 from deal_core import Engine, get_engine
-from deal_core.models import LoadedModel
+from deal_core.models import DEFAULT_MODEL, LoadedModel
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -21,8 +28,48 @@ def engine() -> Engine:
     return get_engine()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "engine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+class _FastTierRegistry(dict):
+    """The model registry as a fast-tier test sees it: the embedded model is not there to take."""
+
+    def _check(self, key: object) -> None:
+        if isinstance(key, tuple) and DEFAULT_MODEL in key:
+            raise RuntimeError("this test reaches the real embedded model: mark it @pytest.mark.slow "
+                               "(or use the `tiny` fixture)")
+
+    def __contains__(self, key: object) -> bool:
+        self._check(key)
+        return super().__contains__(key)
+
+    def __getitem__(self, key: object) -> object:
+        self._check(key)
+        return super().__getitem__(key)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setattr(core_models, "_shared", _FastTierRegistry(core_models._shared))
+
+
 @pytest.fixture(scope="session")
-def tiny(engine: Engine) -> Engine:
+def tokenizer():
+    """The embedded model's tokenizer alone (no weights): what the tiny model reads and writes."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(core_models.ensure_embedded_cache()), local_files_only=True)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny(tokenizer) -> Engine:
     """A 2-layer random-weight llama (built from a config, no download) with the real tokenizer.
 
     Large init makes its next-token distributions peaked, so there are no near-ties that float
@@ -32,13 +79,13 @@ def tiny(engine: Engine) -> Engine:
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(engine.tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        initializer_range=0.5, eos_token_id=engine.tokenizer.eos_token_id,
-        pad_token_id=engine.tokenizer.pad_token_id, tie_word_embeddings=True,
+        initializer_range=0.5, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config).eval()
-    return Engine(loaded=LoadedModel(model=model, tokenizer=engine.tokenizer, name="tiny-random-llama",
+    return Engine(loaded=LoadedModel(model=model, tokenizer=tokenizer, name="tiny-random-llama",
                                      device=torch.device("cpu")))
 
 

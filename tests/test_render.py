@@ -138,7 +138,7 @@ def test_html_page_holds_answer_steps_rewards_and_greedy(searched, tmp_path):
     assert page.text["final-text"] == result.text
     assert page.text["greedy-text"] == greedy.text
     assert "sofa" in page.text["prompt"]
-    for s, step in enumerate(result.trace):
+    for s in range(len(result.trace)):
         assert f"step-{s}" in page.text  # one table per step
         assert page.text[f"step-{s}"].startswith(f"step {s}: ")
     n_rows = sum(1 for t, a in page.tags if t == "tr" and "class" in a)  # candidate rows

@@ -207,7 +207,7 @@ def load_model(
         lm = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=offline
         )
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:  # EnvironmentError is OSError
         raise ModelLoadError(
             f"Could not load model {name!r}: {exc}. Fix: pass a local directory that holds a "
             "Hugging Face causal LM (config.json, weights, tokenizer), download it first with "

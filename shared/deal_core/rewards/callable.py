@@ -75,7 +75,7 @@ class CallableReward(Reward):
         self.name = name or _callable_name(fn)
         self.batched = _looks_batched(fn) if batched is None else batched
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)
+            getattr(fn, "__call__", None)  # noqa: B004 -- an object whose __call__ is async
         )
         self.low, self.high = low, high
 
