@@ -29,7 +29,7 @@ CALL_KEYS: frozenset[str] = frozenset(frontend.SEARCH_FIELDS) | {"rewards"} | _C
 _LANGCHAIN_INTERNAL = frozenset({"stream"})
 
 
-class DeALParams(frontend.SearchSettings):  # type: ignore[misc,valid-type]
+class DeALParams(frontend.SearchSettings):
     """Fields and helpers of both LangChain front ends (mixed into ``BaseLLM`` / ``BaseChatModel``).
 
     The search fields (``beam_width``, ``top_k`` ... one per :class:`deal_core.SearchConfig` field)
@@ -176,18 +176,19 @@ class DeALParams(frontend.SearchSettings):  # type: ignore[misc,valid-type]
                  **kwargs: Any) -> Any:
         """LangChain's ``generate``, on a copy carrying this call's search arguments (see :meth:`for_call`)."""
         target, rest = self.for_call(kwargs)
-        return super(DeALParams, target).generate(inputs, stop, callbacks, **rest)  # type: ignore[misc]
+        return super(DeALParams, target).generate(inputs, stop, callbacks, **rest)
 
     async def agenerate(self, inputs: Any, stop: list[str] | None = None, callbacks: Any = None,
                         **kwargs: Any) -> Any:
         target, rest = self.for_call(kwargs)
-        return await super(DeALParams, target).agenerate(inputs, stop, callbacks, **rest)  # type: ignore[misc]
+        return await super(DeALParams, target).agenerate(inputs, stop, callbacks, **rest)
 
     # ---- token counting with the engine's tokenizer (LangChain's default is GPT-2's) -----------
     def get_token_ids(self, text: str) -> list[int]:
         """``text`` encoded by this model's own tokenizer."""
-        if self.custom_get_token_ids is not None:  # type: ignore[attr-defined]
-            return self.custom_get_token_ids(text)  # type: ignore[attr-defined]
+        custom = getattr(self, "custom_get_token_ids", None)  # a LangChain field
+        if custom is not None:
+            return custom(text)
         return frontend.token_ids(self.get_engine(), text)
 
     def identifying_params(self) -> dict[str, Any]:

@@ -39,7 +39,7 @@ class RunnableReward(Reward):
         self.runnable = runnable
         self.name = name or runnable.get_name() or "runnable"
         self.low, self.high = -math.inf, math.inf
-        self._config = {"run_name": f"deal_reward:{self.name}"}
+        self._config: dict[str, Any] = {"run_name": f"deal_reward:{self.name}"}
         if max_concurrency is not None:
             self._config["max_concurrency"] = max_concurrency
 

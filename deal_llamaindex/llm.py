@@ -47,7 +47,7 @@ from deal_core.rewards import RewardSet
 _ROLE_MAP = {"developer": "system", "chatbot": "assistant", "model": "assistant", "function": "tool"}
 
 
-class DeALLLM(frontend.SearchSettings, CustomLLM):  # type: ignore[misc,valid-type]
+class DeALLLM(frontend.SearchSettings, CustomLLM):
     """A LlamaIndex LLM that decodes by DeAL search (Huang et al., 2024) over a local model.
 
     ``rewards`` takes every kind ``deal_core`` takes: a rubric string, ``f(prompt, text) -> float``

@@ -1,4 +1,5 @@
-"""Static checks that `.ci/run` (pytest) enforces: the import contracts in pyproject.toml.
+"""Static checks that `.ci/run` (pytest) enforces, as configured in pyproject.toml: the import
+contracts (import-linter), lint (ruff) and types (mypy, on the modules it lists).
 
 They run the tools on this checkout (``shared/`` and the repo root first on ``PYTHONPATH``), not on
 whatever copy of the package is installed.
@@ -26,6 +27,17 @@ def test_import_contracts_hold():
     out = _run("lint-imports", "--no-cache")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert "0 broken" in out.stdout
+
+
+def test_ruff_is_clean():
+    out = _run("ruff", "check", "--no-cache", "shared", "deal_langchain", "deal_llamaindex", "tests",
+               "benchmarks", "examples", "scripts")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+def test_mypy_is_clean():
+    out = _run("mypy", "--no-incremental")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
 
 
 def test_every_public_name_resolves():

@@ -56,13 +56,13 @@ def _settings_fields() -> dict[str, Any]:
     for name, info in SearchConfig.model_fields.items():
         default = FRONTEND_DEFAULTS.get(name)
         note = f" Front-end default: {default!r}." if name in FRONTEND_DEFAULTS else ""
-        fields[name] = (Optional[info.annotation], Field(  # type: ignore[valid-type]
+        fields[name] = (Optional[info.annotation], Field(
             None, description=f"{info.description or name} None = the SearchConfig default.{note}"))
     return fields
 
 
 #: One optional field per SearchConfig field (None = the default), mixed into both front ends.
-SearchSettings: type[BaseModel] = create_model(  # type: ignore[call-overload]
+SearchSettings: type[BaseModel] = create_model(
     "SearchSettings", __config__=ConfigDict(arbitrary_types_allowed=True), **_settings_fields())
 
 

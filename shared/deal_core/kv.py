@@ -10,7 +10,6 @@ works on every layer's key/value tensors directly, so no prefix is ever recomput
 from __future__ import annotations
 
 import copy
-import functools
 import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -18,16 +17,18 @@ from typing import Any
 import torch
 
 
-@functools.cache
-def _cache_arg(forward_owner: type) -> str:
-    params = inspect.signature(forward_owner.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+_CACHE_ARG: dict[type, str] = {}  # per model class: the forward's name for the KV cache
 
 
 def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
     """The keyword that hands ``cache`` to ``model``'s forward: ``cache`` where transformers has
     renamed it (5.x warns on ``past_key_values``), ``past_key_values`` on versions before that."""
-    return {_cache_arg(type(model)): cache, "use_cache": True}
+    cls = type(model)
+    arg = _CACHE_ARG.get(cls)
+    if arg is None:
+        arg = "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+        _CACHE_ARG[cls] = arg
+    return {arg: cache, "use_cache": True}
 
 
 def _filled(layer) -> bool:
@@ -80,7 +81,7 @@ def take(cache, rows: torch.Tensor, start: int, end: int):
     return _with_layers(cache, layers)
 
 
-def merge_expanded(parts: Sequence[tuple[object, int]], width: int):
+def merge_expanded(parts: Sequence[tuple[Any, int]], width: int) -> Any:
     """One cache for a shared forward: each ``(cache, k)`` part's rows repeated ``k`` times each
     (beam -> its k candidates), left-padded with zeros to ``width`` positions, stacked in order.
 
@@ -113,7 +114,7 @@ def merge_expanded(parts: Sequence[tuple[object, int]], width: int):
     return _with_layers(template, layers)
 
 
-def cache_bytes(caches: Iterable[object]) -> int:
+def cache_bytes(caches: Iterable[Any]) -> int:
     """Bytes held by the key/value tensors of ``caches`` (each distinct storage counted once)."""
     seen: set[int] = set()
     total = 0

@@ -61,7 +61,8 @@ class FluencyReward(Reward):
     def __init__(self, model: Any = None, *, name: str = "fluency", batch_size: int = 32,
                  cache_prefixes: int = 32) -> None:
         self.name = name
-        self._spec, self._engine = model, None
+        self._spec = model
+        self._engine: Any = None
         self.batch_size = batch_size
         self.cache_prefixes = cache_prefixes
         self._prefixes: OrderedDict[tuple[int, ...], _Prefix] = OrderedDict()
@@ -70,6 +71,7 @@ class FluencyReward(Reward):
 
     def identity(self) -> str | None:
         spec = self._spec
+        model: str | None
         if spec is None or isinstance(spec, (str, os.PathLike)):
             model = model_key(spec, "cpu")[0]
         else:
