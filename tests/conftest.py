@@ -28,9 +28,38 @@ def engine() -> Engine:
     return get_engine()
 
 
+#: Tests that use no real weights but take seconds (subprocesses, model conversions, training, a
+#: browser, exhaustive reference searches): left out of the fast unit tier, still run by CI.
+SLOW_WITHOUT_REAL_MODEL = {
+    "test_render.py::test_long_trace_stays_readable",
+    "test_render.py::test_png_is_a_real_picture",
+    "test_render_browser.py::",
+    "test_models.py::test_interrupted_conversion_leaves_nothing_half_written",
+    "test_models.py::test_any_local_hf_directory_loads",
+    "test_cli.py::test_human_output_compare_greedy_and_png",
+    "test_cli.py::test_cache_show_and_clear",
+    "test_cli.py::test_usage_and_load_errors_are_one_line",
+    "test_cli.py::test_errors_are_one_line_and_nonzero",
+    "test_rewards_harmlessness.py::",
+    "test_llamaindex_rag.py::",
+    "test_search_equivalence.py::",
+    "test_end_candidates.py::",
+    "test_scheduler.py::test_alone_equals_reference",
+    "test_scheduler.py::test_cancel_event_raises_search_cancelled_and_leaves_others_alone",
+    "test_scheduler.py::test_row_cap_bounds_every_forward_and_queues_the_rest",
+    "test_scheduler.py::test_dropping_an_unread_stream_frees_its_rows",
+    "test_scheduler.py::test_threads_and_tasks_at_once_match_alone",
+    "test_concurrency.py::",
+    "test_lint.py::test_mypy_is_clean",
+    "test_lint.py::test_front_ends_and_cli_import_without_torch",
+}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if "engine" in getattr(item, "fixturenames", ()):
+        name = item.nodeid.split("/")[-1]
+        if "engine" in getattr(item, "fixturenames", ()) or any(
+                name.startswith(s) for s in SLOW_WITHOUT_REAL_MODEL):
             item.add_marker(pytest.mark.slow)
 
 

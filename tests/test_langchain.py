@@ -303,6 +303,7 @@ def test_bind_overrides_for_chat_and_in_a_chain(chat, tiny):
         tiny.search(USER, None, **FAST).text
 
 
+@pytest.mark.slow  # the default judge is the real embedded model
 def test_rubric_string_reward_uses_the_judge(tiny):
     """A rubric in plain English, judged by the embedded model, steers the tiny LM's search.
 

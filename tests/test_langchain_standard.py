@@ -132,6 +132,7 @@ class TestChatDeALUnit(_Capabilities, ChatModelUnitTests):
         return params
 
 
+@pytest.mark.slow  # real generations on the embedded model
 class TestChatDeALIntegration(_Capabilities, ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:

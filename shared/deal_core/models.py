@@ -16,7 +16,8 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -145,7 +146,27 @@ def ensure_embedded_cache(progress: bool = True) -> Path:
     return target
 
 
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No "Loading weights" / conversion progress bars while DeAL loads a model (they would print
+    on every load, into every CLI run and log); restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _convert_gguf(gguf: Path, target: Path) -> None:
+    with quiet_loading():
+        _convert_gguf_now(gguf, target)
+
+
+def _convert_gguf_now(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -201,12 +222,13 @@ def load_model(
             os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or Path(source).is_dir()
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, trust_remote_code=trust_remote_code, local_files_only=offline
-        )
-        lm = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=offline
-        )
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(
+                source, trust_remote_code=trust_remote_code, local_files_only=offline
+            )
+            lm = AutoModelForCausalLM.from_pretrained(
+                source, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=offline
+            )
     except (OSError, ValueError) as exc:  # EnvironmentError is OSError
         raise ModelLoadError(
             f"Could not load model {name!r}: {exc}. Fix: pass a local directory that holds a "
