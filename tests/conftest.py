@@ -50,7 +50,6 @@ SLOW_WITHOUT_REAL_MODEL = {
     "test_scheduler.py::test_dropping_an_unread_stream_frees_its_rows",
     "test_scheduler.py::test_threads_and_tasks_at_once_match_alone",
     "test_concurrency.py::",
-    "test_lint.py::test_mypy_is_clean",
     "test_lint.py::test_front_ends_and_cli_import_without_torch",
 }
 

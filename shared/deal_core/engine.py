@@ -18,7 +18,7 @@ import torch
 from .backends import BACKENDS, Backend
 from .config import SearchConfig, make_config
 from .errors import ConfigError
-from .models import LoadedModel, get_model, model_key, shared
+from .models import LoadedModel, forget, get_model, model_key, shared
 from .prompts import Prompt, prepare_prompt
 from .result import SearchResult
 from .rewards import RewardSet, RewardSpec

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backends.base import Backend, StepRequest, StepResult, TokenConstraint, apply_mask, eos_token_ids
+from .backends.base import (Backend, StepRequest, StepResult, TokenConstraint,  # noqa: F401 (apply_mask,
+                            apply_mask, eos_token_ids)  # eos_token_ids: re-exported for reference.py)
 from .config import SearchConfig
 from .errors import ConfigError, NoValidCandidate, SearchCancelled, SearchTimeout, StructureError
 from .prompts import PreparedPrompt
