@@ -36,6 +36,10 @@ class Engine:
     streams) goes through the engine's :attr:`scheduler`, which runs their steps in shared batched
     forwards. Each request keeps its own KV cache, rewards and result -- the same result as alone.
 
+    ``max_cache_bytes`` (default 8 GiB; None: no byte bound) caps the KV cache of the requests the
+    scheduler runs at once, each counted at its worst case (``beam_width x top_k`` rows of prompt +
+    ``max_new_tokens`` + lookahead positions); a request that alone exceeds it is refused with a
+    ConfigError, others wait their turn. Queued requests hold no KV cache, only their token ids.
     ``max_batch_rows`` caps the candidate rows of one shared forward (a request takes up to
     ``beam_width x top_k``), which bounds KV-cache memory; requests beyond it wait their turn.
     ``max_batch_size`` caps the prompts of one ``search_batch`` call.
@@ -57,12 +61,16 @@ class Engine:
         loaded: LoadedModel | None = None,
         max_batch_rows: int = 128,
         max_batch_size: int = 256,
+        max_cache_bytes: int | None = 8 * 2**30,
         **engine_kwargs: Any,
     ) -> None:
         if max_batch_rows < 1 or max_batch_size < 1:
             raise ConfigError(f"max_batch_rows and max_batch_size must be >= 1, got {max_batch_rows} "
                               f"and {max_batch_size}")
+        if max_cache_bytes is not None and max_cache_bytes < 1:
+            raise ConfigError(f"max_cache_bytes must be >= 1 (or None: no byte bound), got {max_cache_bytes}")
         self.max_batch_rows, self.max_batch_size = max_batch_rows, max_batch_size
+        self.max_cache_bytes = max_cache_bytes
         self._scheduler: Scheduler | DirectScheduler | None = None
         self._scheduler_lock = threading.Lock()
         self.backend = _make_backend(backend, model, device, dtype=dtype, trust_remote_code=trust_remote_code,
@@ -114,7 +122,8 @@ class Engine:
                     if self.backend.batches_requests:
                         self._scheduler = DirectScheduler(self.backend, max_batch_rows=self.max_batch_rows)
                     else:
-                        self._scheduler = Scheduler(self.backend, max_batch_rows=self.max_batch_rows)
+                        self._scheduler = Scheduler(self.backend, max_batch_rows=self.max_batch_rows,
+                                                    max_cache_bytes=self.max_cache_bytes)
         return self._scheduler
 
     def close(self) -> None:

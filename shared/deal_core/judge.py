@@ -23,7 +23,6 @@ import logging
 import re
 import shutil
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from transformers import DynamicCache
 
 from .errors import ConfigError, ModelLoadError
-from .kv import cache_kwargs, select_rows
+from .kv import BoundedLRU, cache_bytes, cache_kwargs, select_rows
 from .models import DEFAULT_MODEL, LoadedModel, cache_dir, forget, get_model, load_model, model_key, shared
 
 logger = logging.getLogger(__name__)
@@ -88,7 +87,8 @@ def build_judge_text(rubric: str, prompt: str, examples: Sequence[Example] = ())
 class Judge:
     """A causal LM used as a yes/no judge. Share one per model with :func:`get_judge`."""
 
-    def __init__(self, loaded: LoadedModel, *, batch_size: int = 16, max_cached_prefixes: int = 8) -> None:
+    def __init__(self, loaded: LoadedModel, *, batch_size: int = 16, max_cached_prefixes: int = 8,
+                 max_prefix_bytes: int = 256 * 2**20) -> None:
         self.loaded = loaded
         self.model, self.tokenizer, self.name = loaded.model, loaded.tokenizer, loaded.name
         self.device = loaded.device
@@ -100,8 +100,9 @@ class Judge:
         if not self.yes_ids or not self.no_ids:
             raise ModelLoadError(f"judge {self.name!r}: its tokenizer has no single-token Yes/No; "
                                  "pick another judge model")
-        self._prefixes: OrderedDict[str, tuple[DynamicCache, int]] = OrderedDict()
-        self._max_prefixes = max_cached_prefixes
+        # Shared prefixes' KV caches, bounded by count and by bytes (``max_prefix_bytes``; a long
+        # RAG prompt's prefix alone can be hundreds of MiB). ``judge.prefixes.max_bytes`` adjusts it.
+        self.prefixes = BoundedLRU(max_cached_prefixes, max_prefix_bytes, lambda e: cache_bytes([e[0]]))
         self._lock = threading.Lock()
         self.prefix_encodings = 0  # how many times a shared prefix was run (tests check the reuse)
         # Only a few positions' logits are ever read. Projecting every position onto the vocabulary
@@ -129,9 +130,8 @@ class Judge:
 
     def _encode_prefix(self, prefix: str) -> tuple[DynamicCache, int]:
         with self._lock:
-            hit = self._prefixes.get(prefix)
+            hit = self.prefixes.get(prefix)
             if hit is not None:
-                self._prefixes.move_to_end(prefix)
                 return hit
         ids = self.tokenizer(prefix, add_special_tokens=not self.chat, return_tensors="pt").input_ids
         cache = DynamicCache(config=self.model.config)
@@ -141,9 +141,7 @@ class Judge:
         entry = (cache, ids.shape[1])
         with self._lock:
             self.prefix_encodings += 1
-            self._prefixes[prefix] = entry
-            while len(self._prefixes) > self._max_prefixes:
-                self._prefixes.popitem(last=False)
+            self.prefixes.put(prefix, entry)
         return entry
 
     # ---- scoring ---------------------------------------------------------------------------------

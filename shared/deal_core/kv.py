@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -130,6 +131,52 @@ def cache_bytes(caches: Iterable[Any]) -> int:
                     seen.add(storage.data_ptr())
                     total += storage.nbytes()
     return total
+
+
+class BoundedLRU:
+    """A least-recently-used map bounded by entry count AND by bytes (``size_of(value)``).
+
+    Used for the caches of prefixes' KV tensors (the judge's, the fluency reward's): counting entries
+    alone does not bound memory, since one entry's size grows with its prompt (~96 MiB for a
+    2000-token prompt on SmolLM2-135M). An entry larger than ``max_bytes`` is not kept at all.
+    """
+
+    def __init__(self, max_items: int, max_bytes: int, size_of) -> None:
+        self.max_items, self.max_bytes, self._size_of = max_items, max_bytes, size_of
+        self._items: OrderedDict[object, tuple[object, int]] = OrderedDict()
+        self.bytes = 0
+
+    def get(self, key, default=None):
+        hit = self._items.get(key)
+        if hit is None:
+            return default
+        self._items.move_to_end(key)
+        return hit[0]
+
+    def put(self, key, value) -> bool:
+        """Keep ``value`` (evicting the least recently used); False if it alone is over budget."""
+        if key in self._items:
+            self.bytes -= self._items.pop(key)[1]
+        size = self._size_of(value)
+        if size > self.max_bytes or self.max_items < 1:
+            return False
+        self._items[key] = (value, size)
+        self.bytes += size
+        while len(self._items) > self.max_items or self.bytes > self.max_bytes:
+            self.bytes -= self._items.popitem(last=False)[1][1]
+        return True
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+    def __getitem__(self, key):
+        return self._items[key][0]
+
+    def __iter__(self):
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 def seq_length(cache) -> int:

@@ -90,6 +90,7 @@ class Ticket:
         # admitted at once, since the request that waits for it holds the rows it would wait for.
         self._nested = False
         self._borrowed = False  # admitted over max_batch_rows to break a stall (see _admit)
+        self._kv_bytes = 0  # the most KV cache this request can hold (Scheduler.kv_estimate)
 
     def cancel(self) -> None:
         """Stop this search at the next step (no-op once it is over)."""
@@ -197,11 +198,14 @@ class Scheduler:
     #: it (a nested search from a thread the scheduler cannot see), and waiting forever is worse.
     stall_admit_s = 1.0
 
-    def __init__(self, backend: Backend, *, max_batch_rows: int = 128) -> None:
+    def __init__(self, backend: Backend, *, max_batch_rows: int = 128,
+                 max_cache_bytes: int | None = None) -> None:
         if max_batch_rows < 1:
             raise ConfigError(f"max_batch_rows must be >= 1, got {max_batch_rows}")
         self.backend = backend
         self.max_batch_rows = max_batch_rows
+        self.max_cache_bytes = max_cache_bytes
+        self._kv_per_token = _kv_bytes_per_token(backend)
         self._cond = threading.Condition()
         self._queue: deque[Ticket] = deque()
         self._active: list[Ticket] = []
@@ -228,10 +232,24 @@ class Scheduler:
                 f"create the engine with a larger max_batch_rows"
             )
 
+    def kv_estimate(self, state: SearchState) -> int:
+        """The most KV-cache bytes ``state`` can hold: every row at its longest."""
+        c = state.config
+        return state.max_rows * (len(state.prompt.input_ids) + c.max_new_tokens + c.lookahead + 1) \
+            * self._kv_per_token
+
     def submit(self, tickets: Sequence[Ticket]) -> None:
         """Queue ``tickets`` (prefilled together when they fit); events then flow to their sinks."""
         for t in tickets:
             self.check(t.state.config)
+            t._kv_bytes = self.kv_estimate(t.state)
+            if self.max_cache_bytes is not None and t._kv_bytes > self.max_cache_bytes:
+                raise ConfigError(
+                    f"this request may need {t._kv_bytes / 2**20:.0f} MiB of KV cache "
+                    f"(beam_width x top_k = {t.state.max_rows} rows of up to "
+                    f"{t._kv_bytes // max(t.state.max_rows * self._kv_per_token, 1)} positions), over this "
+                    f"engine's max_cache_bytes={self.max_cache_bytes}; lower beam_width, top_k or "
+                    "max_new_tokens, shorten the prompt, or create the engine with a larger max_cache_bytes")
         nested = _stepping.get() is self
         with self._cond:
             if self._closing:
@@ -335,14 +353,17 @@ class Scheduler:
         forever: nested requests go first, whatever their size, and after ``stall_admit_s`` with
         every admitted request inside its rewards, one queued request is admitted over the cap."""
         rows = sum(t.state.max_rows for t in self._active)
+        kv = sum(t._kv_bytes for t in self._active)
+        budget = self.max_cache_bytes if self.max_cache_bytes is not None else float("inf")
         admitted: list[Ticket] = [t for t in self._queue if t._nested]
         for t in admitted:
             self._queue.remove(t)
-            rows += t.state.max_rows
-        while self._queue and (rows + self._queue[0].state.max_rows <= self.max_batch_rows
+            rows, kv = rows + t.state.max_rows, kv + t._kv_bytes
+        while self._queue and ((rows + self._queue[0].state.max_rows <= self.max_batch_rows
+                                and kv + self._queue[0]._kv_bytes <= budget)
                                or not (self._active or admitted)):
             admitted.append(self._queue.popleft())
-            rows += admitted[-1].state.max_rows
+            rows, kv = rows + admitted[-1].state.max_rows, kv + admitted[-1]._kv_bytes
         now = time.perf_counter()
         stalled = bool(self._queue) and not admitted and all(t.phase == "scoring" for t in self._active)
         self._stalled_since = (self._stalled_since or now) if stalled else None
@@ -452,6 +473,21 @@ class Scheduler:
             t.state.release()
         self._counts["failed"] += 1
         t._emit(Failed(error))
+
+
+def _kv_bytes_per_token(backend: Backend) -> int:
+    """KV-cache bytes per position per row of the backend's transformers model (0 if it has none:
+    a backend that keeps its own cache -- vLLM, a server -- bounds it itself)."""
+    model = getattr(backend, "model", None)
+    cfg = getattr(model, "config", None)
+    try:
+        layers = cfg.num_hidden_layers
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        itemsize = next(model.parameters()).element_size()
+    except (AttributeError, TypeError, StopIteration):
+        return 0
+    return 2 * layers * heads * head_dim * itemsize
 
 
 #: The scheduler whose request's step work (rewards) runs in this context, if any.

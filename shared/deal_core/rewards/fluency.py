@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from ..kv import cache_kwargs, select_rows
+from ..kv import BoundedLRU, cache_bytes, cache_kwargs, select_rows
 from ..models import get_model, model_key
 from .base import Reward
 
@@ -51,21 +50,23 @@ class FluencyReward(Reward):
 
     Why it is cheap inside a search: one step's candidates are a few beams' text plus a different
     continuation each, and the next step's beams extend this step's. So candidates sharing a
-    prefix are scored from that prefix's KV cache, and prefixes are kept (``cache_prefixes``, LRU)
-    and extended by the new tokens at the next step -- each step runs about the candidates' new
+    prefix are scored from that prefix's KV cache, and prefixes are kept (LRU, at most ``cache_prefixes`` entries and
+    ``max_cache_bytes`` bytes) and extended by the new tokens at the next step -- each step runs about the candidates' new
     tokens, not their whole text again.
     """
 
     low, high = float("-inf"), 0.0
 
     def __init__(self, model: Any = None, *, name: str = "fluency", batch_size: int = 32,
-                 cache_prefixes: int = 32) -> None:
+                 cache_prefixes: int = 32, max_cache_bytes: int = 256 * 2**20) -> None:
         self.name = name
         self._spec = model
         self._engine: Any = None
         self.batch_size = batch_size
         self.cache_prefixes = cache_prefixes
-        self._prefixes: OrderedDict[tuple[int, ...], _Prefix] = OrderedDict()
+        # Bounded by count and by bytes (``max_cache_bytes``): a prefix's KV grows with its length.
+        self._prefixes = BoundedLRU(cache_prefixes, max_cache_bytes,
+                                    lambda p: cache_bytes([p.cache]) + p.next_lp.nbytes)
         self._lock = threading.Lock()
         self.tokens_run = 0  # tokens through the LM so far (for benchmarks)
 
@@ -142,7 +143,7 @@ class FluencyReward(Reward):
     def _prefix(self, prefix: tuple[int, ...]) -> _Prefix:
         """``prefix`` run through the LM: from the LRU if there, else extending the longest cached
         prefix of it, else from scratch."""
-        hit = self._prefixes.get(prefix)
+        hit = self._prefixes.get(prefix)  # (a hit becomes the most recently used)
         if hit is None:
             base = max((k for k in self._prefixes if len(k) < len(prefix) and prefix[: len(k)] == k),
                        key=len, default=None)
@@ -150,10 +151,7 @@ class FluencyReward(Reward):
                 hit = self._extend(None, prefix, 0)
             else:
                 hit = self._extend(self._prefixes[base], prefix, len(base))
-            self._prefixes[prefix] = hit
-            while len(self._prefixes) > self.cache_prefixes:
-                self._prefixes.popitem(last=False)
-        self._prefixes.move_to_end(prefix)
+            self._prefixes.put(prefix, hit)
         return hit
 
     def _extend(self, base: _Prefix | None, prefix: tuple[int, ...], n_base: int) -> _Prefix:
