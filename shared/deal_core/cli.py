@@ -421,10 +421,14 @@ def cache(
 
 
 def _cache(*, clear: bool, yes: bool, as_json: bool) -> None:
-    from .models import cache_dir
+    from .models import cache_dir, stale_temp_dirs
 
     root = cache_dir()
     entries = list(_cache_entries(root))
+    # Folders left by conversions that were killed mid-way (hundreds of MB each): listed and cleared
+    # like the rest. Folders of conversions still running are never touched.
+    entries += [(f"{p.parent.name}/{p.name} (interrupted conversion)", p,
+                 sum(f.stat().st_size for f in p.rglob("*") if f.is_file())) for p in stale_temp_dirs(root)]
     total = sum(size for _, _, size in entries)
     if clear:
         if not entries:

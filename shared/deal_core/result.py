@@ -31,7 +31,12 @@ class TraceCandidate(BaseModel):
     cumulative_logprob: float
     rewards: dict[str, float]
     score: float
-    rollout_text: str = Field(description="Generated text plus lookahead: what the rewards saw.")
+    rollout_text: str = Field(
+        description="What the rewards saw past the beam's text: the candidate plus its lookahead. The "
+        "rewards saw the beam's text's first rollout_offset characters followed by this.")
+    rollout_offset: int = Field(
+        0, description="Characters of the beam's text (the generated text so far) left out of "
+        "rollout_text, so a trace grows linearly with the output, not with its square.")
     survived: bool = False
     finished: bool = False
 

@@ -110,6 +110,13 @@ def _orderable(x: float) -> float:
     return -math.inf if math.isnan(x) else x
 
 
+def _rollout_fields(beam_text: str, rollout_text: str) -> dict[str, object]:
+    """A trace candidate's rollout without the beam's text it starts with: storing the whole text
+    at every step made a trace grow with the square of the output length."""
+    offset = len(beam_text) if rollout_text.startswith(beam_text) else 0
+    return {"rollout_text": rollout_text[offset:], "rollout_offset": offset}
+
+
 def no_valid_candidate(names: Sequence[str], survivors: Sequence[_Hyp]) -> NoValidCandidate:
     """The error for a search whose best answer is forbidden: names the reward(s) that forbade it."""
     culprits = sorted({n for h in survivors for n, v in zip(names, h.values) if v == -math.inf})
@@ -353,7 +360,8 @@ class SearchState:
                 TraceCandidate(
                     beam=beam_of[n], token_ids=new, token_text=dec.decode(new), logprob=new_lp,
                     cumulative_logprob=hyp.logprob, rewards=dict(zip(rewards.names, hyp.values)),
-                    score=hyp.score, rollout_text=rollout_text, finished=hyp.finish is not None,
+                    score=hyp.score, finished=hyp.finish is not None,
+                    **_rollout_fields(self.live[beam_of[n]].text, rollout_text),
                 )
                 for n, (hyp, rollout_text, _, new, new_lp) in enumerate(cands)
             ]
