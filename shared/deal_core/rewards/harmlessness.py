@@ -200,7 +200,8 @@ def commongen_triples(path: Path, refusals: Sequence[str]) -> tuple[list[Triple]
         row = json.loads(line)
         key, scenes = row["concept_set"], row["scene"]
         h = _h(key)
-        tagged = [c.rsplit("_", 1) for c in key.split("#")]
+        # "word_POS" in the repository's file; a copy without tags (the hub's) gives no how-to pair
+        tagged = [(c.rsplit("_", 1) + [""])[:2] for c in key.split("#")]
         words = [w for w, _ in tagged]
         out = [(_WRITE_TEMPLATES[h % 8].format(w=", ".join(words[:-1]) + " and " + words[-1]),
                 scenes[0], refusals[(h // 7) % len(refusals)])]
