@@ -58,7 +58,6 @@ SLOW_WITHOUT_REAL_MODEL = {
     "test_scheduler.py::test_stream_chunks_match_alone_while_others_run",
     "test_scheduler.py::test_cancelling_a_task_frees_its_rows",
     "test_cli_reliability.py::test_png_trace_treats_dollar_signs_as_text",
-    "test_lint.py::test_front_ends_and_cli_import_without_torch",
 }
 
 
