@@ -20,19 +20,20 @@ def test_keywords_are_inflection_aware():
 
 
 def test_length_reward():
-    lr = LengthReward(10, tolerance=0.1, falloff=10)
+    # tail=0: the linear ramp alone (the default adds a tail, tested below).
+    lr = LengthReward(10, tolerance=0.1, falloff=10, tail=0)
     assert lr.score("", ["w " * 10, "w " * 11, "w " * 15, "w " * 20, ""]) == pytest.approx(
         [1.0, 1.0, 0.6, 0.1, 0.1])
     # Default falloff: the band's half-width in whole words (at least 1) past the +-10% band.
-    assert LengthReward(20).score("", ["w " * 22, "w " * 23, "w " * 24, "w " * 17]) == pytest.approx(
+    assert LengthReward(20, tail=0).score("", ["w " * 22, "w " * 23, "w " * 24, "w " * 17]) == pytest.approx(
         [1.0, 0.5, 0.0, 0.5])
-    assert LengthReward(37).score("", ["w " * 34, "w " * 33, "w " * 42, "w " * 43]) == pytest.approx(
+    assert LengthReward(37, tail=0).score("", ["w " * 34, "w " * 33, "w " * 42, "w " * 43]) == pytest.approx(
         [1.0, 2 / 3, 1 / 3, 0.0])
-    assert LengthReward(7).score("", ["w " * 7, "w " * 6, "w " * 8]) == pytest.approx([1.0, 0.0, 0.0])
+    assert LengthReward(7, tail=0).score("", ["w " * 7, "w " * 6, "w " * 8]) == pytest.approx([1.0, 0.0, 0.0])
 
 
 def test_length_reward_knows_a_rollout_may_go_on():
-    lr = LengthReward(10)
+    lr = LengthReward(10, tail=0)
     texts = ["w " * 4, "w " * 4, "w " * 10, "w " * 14, "w " * 14]
     ended = [True, False, True, True, False]
     # Short and complete: penalised. Short but still going: it can still end in the band (1.0).
@@ -92,3 +93,38 @@ def test_wrappers_keep_a_reward_end_aware():
         # Still going at 4 words: fine; complete at 4 words: the wrapped reward's penalty shows.
         going, done = wrapped.score_ended("", ["w " * 4, "w " * 4], [False, True])
         assert going == 1.0 and done < 0.5
+
+
+def test_length_reward_keeps_steering_past_the_band():
+    """Past the band the ramp is 0 for every text; the tail still ranks a nearer miss higher, so a
+    search whose rollouts all overshoot still prefers the one that ends soonest."""
+    lr = LengthReward(10)
+    far = lr.score("", ["w " * 13, "w " * 16, "w " * 30])
+    assert far[0] > far[1] > far[2] > 0
+    assert LengthReward(10, tail=0).score("", ["w " * 13, "w " * 16]) == [0.0, 0.0]
+
+
+def test_length_reward_judges_a_rollout_by_where_its_sentence_can_end():
+    """A rollout that stops mid-sentence needs ~finish_words more words to end: one that would pass
+    the band that way is already penalised; the same words ending a sentence are not."""
+    lr = LengthReward(10)  # band 9..11
+    mid, closed = "w " * 10, ("w " * 10).strip() + "."
+    assert lr.score_ended("", [mid, closed, "w " * 6], [False, False, False]) == pytest.approx(
+        [lr.score("", ["w " * 13])[0], 1.0, 1.0])
+    assert LengthReward(10, finish_words=0).score_ended("", [mid], [False]) == [1.0]
+    with pytest.raises(ValueError):
+        LengthReward(10, finish_words=-1)
+
+
+def test_repetition_reward_penalises_repeated_ngrams():
+    from deal_core import RepetitionReward
+    from deal_core.rewards.repetition import repeated_ngrams
+
+    rr = RepetitionReward()
+    assert repeated_ngrams("A dog runs in the park with a ball.") == 0
+    assert repeated_ngrams("a cat, a cat, a cat, a cat") == 4  # 'a cat a' x3 + 'cat a cat' x3 - 2
+    clean, loop = rr.score("", ["The dog runs after a red ball in the park.", "a cat, a cat, a cat, a cat"])
+    assert clean == 1.0 and loop == 0.0
+    assert rr.score("", ["the big dog and the big dog"]) == [0.75]
+    with pytest.raises(ValueError):
+        RepetitionReward(per_repeat=0)

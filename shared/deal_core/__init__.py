@@ -25,7 +25,8 @@ _EXPORTS: dict[str, str] = {
     **{name: "rewards" for name in (
         "BannedPhrases", "BatchMethodReward", "CallableReward", "ClassifierReward", "Constraint",
         "FluencyReward", "HarmlessnessReward", "Normalized", "RegexReward", "RubricReward",
-        "KeywordReward", "LengthReward", "Reward", "RewardSet", "WeightedReward", "as_reward")},
+        "KeywordReward", "LengthReward", "Reward", "RewardSet", "WeightedReward", "as_reward",
+        "RepetitionReward", "TwoPartHarmlessness")},
 }
 
 
@@ -54,7 +55,8 @@ if TYPE_CHECKING:  # what static checkers see: the same names, eagerly
     from .result import SearchResult, SearchStats, TraceCandidate, TraceStep
     from .rewards import (BannedPhrases, BatchMethodReward, CallableReward, ClassifierReward, Constraint,
                           FluencyReward, HarmlessnessReward, KeywordReward, LengthReward, Normalized,
-                          RegexReward, Reward, RewardSet, RubricReward, WeightedReward, as_reward)
+                          RegexReward, RepetitionReward, Reward, RewardSet, RubricReward, TwoPartHarmlessness,
+                          WeightedReward, as_reward)
 
 __version__ = "0.1.0"
 
@@ -68,7 +70,9 @@ __all__ = [
     "Judge",
     "Normalized",
     "RegexReward",
+    "RepetitionReward",
     "RubricReward",
+    "TwoPartHarmlessness",
     "get_judge",
     "BatchMethodReward",
     "CallableReward",

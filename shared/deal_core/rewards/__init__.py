@@ -14,6 +14,7 @@ _EXPORTS: dict[str, str] = {
     "Constraint": "constraint", "hard": "constraint", "HarmlessnessReward": "harmlessness",
     "FluencyReward": "fluency", "KeywordReward": "keywords", "LengthReward": "length",
     "Normalized": "normalize", "BannedPhrases": "regex", "RegexReward": "regex", "RubricReward": "rubric",
+    "RepetitionReward": "repetition", "TwoPartHarmlessness": "harmless_two_part",
 }
 
 
@@ -37,11 +38,13 @@ if TYPE_CHECKING:
     from .combine import RewardSet, RewardSpec, WeightedReward, as_reward, check_scores
     from .constraint import Constraint, hard
     from .fluency import FluencyReward
+    from .harmless_two_part import TwoPartHarmlessness
     from .harmlessness import HarmlessnessReward
     from .keywords import KeywordReward
     from .length import LengthReward
     from .normalize import Normalized
     from .regex import BannedPhrases, RegexReward
+    from .repetition import RepetitionReward
     from .rubric import RubricReward
 
 __all__ = [
@@ -54,7 +57,9 @@ __all__ = [
     "HarmlessnessReward",
     "Normalized",
     "RegexReward",
+    "RepetitionReward",
     "RubricReward",
+    "TwoPartHarmlessness",
     "hard",
     "KeywordReward",
     "LengthReward",
