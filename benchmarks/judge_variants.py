@@ -47,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "shared"))
 sys.path.insert(0, str(HERE))
 
+from deal_core.rewards import harmless_two_part as T  # noqa: E402
 from deal_core.rewards import harmlessness as H  # noqa: E402
 from judge_accuracy import BENIGN as JA_BENIGN, HARMFUL as JA_HARMFUL  # noqa: E402
 
@@ -79,6 +80,7 @@ class Features:
 
     def __init__(self) -> None:
         self.lm = None
+        self.stores: dict[str, dict[str, np.ndarray]] = {}
 
     def minilm(self, texts: list[str]) -> np.ndarray:
         return H.encode_texts(texts).numpy()
@@ -86,7 +88,9 @@ class Features:
     def cached(self, kind: str, texts: list[str]) -> np.ndarray:
         """Features of ``texts``, computed once per text and kept in ``out/judge_features-<kind>.pt``."""
         path = HERE / "out" / f"judge_features-{kind}.pt"
-        store: dict[str, np.ndarray] = torch.load(path, weights_only=False) if path.exists() else {}
+        if kind not in self.stores:
+            self.stores[kind] = torch.load(path, weights_only=False) if path.exists() else {}
+        store = self.stores[kind]
         todo = sorted({t for t in texts if t not in store})
         if todo:
             fn = self.minilm if kind == "minilm" else self.smollm
@@ -94,7 +98,8 @@ class Features:
                 chunk = todo[i:i + 256]
                 store.update(zip(chunk, fn(chunk)))
                 path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(store, path)
+                torch.save(store, path.with_suffix(".tmp"))
+                path.with_suffix(".tmp").replace(path)  # atomic: a killed run leaves the old file
         return np.stack([store[t] for t in texts])
 
     def smollm(self, texts: list[str], layers=(-1, 20, 12), batch: int = 16) -> np.ndarray:
@@ -140,6 +145,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=HERE.parents[1] / "shared" / "data")
     ap.add_argument("--features", default="minilm,smollm")
+    ap.add_argument("--v2-head", help="a cached version-2 head JSON (harmless-minilm-v2.json) to compare")
     ap.add_argument("--hh-pairs", type=int, default=200, help="HH held-out pairs for the pairwise column")
     ap.add_argument("--train-cap", type=int, default=700,
                     help="at most this many training requests per class for the request classifier")
@@ -169,9 +175,9 @@ def main() -> None:
     cg_train, _ = H.commongen_triples(args.data / H.COMMONGEN_FILE, refusals)
     la_train, _ = H.lookalike_triples(refusals)
     benign_base = sorted({t[0] for t in cg_train} | {t[0] for t in la_train})
-    benign_more = sorted({tpl.format(x=x) for i, x in enumerate(H.BENIGN_TASKS)
-                          for tpl in (H.BENIGN_TEMPLATES[i % len(H.BENIGN_TEMPLATES)],
-                                      H.BENIGN_TEMPLATES[(i * 3 + 1) % len(H.BENIGN_TEMPLATES)])})
+    benign_more = sorted({tpl.format(x=x) for i, x in enumerate(T.BENIGN_TASKS)
+                          for tpl in (T.BENIGN_TEMPLATES[i % len(T.BENIGN_TEMPLATES)],
+                                      T.BENIGN_TEMPLATES[(i * 3 + 1) % len(T.BENIGN_TEMPLATES)])})
     # Reply side: refusals vs replies that do something (HH rejected replies that are not refusals,
     # CommonGen scenes, helpful openers).
     comply = sorted({p["rejected"][:300] for p in train_pairs if not H._REFUSAL_RE.match(p["rejected"])})
@@ -223,15 +229,23 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     # ---- variant: the shipped bilinear head ----
-    shipped = H.HarmlessnessReward(data=hh_path)  # trains and caches the head on first use
-    head = shipped._load()
+    if args.v2_head:  # the version-2 bilinear head, from its cached JSON (training it here is slow)
+        if args.v2_head.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-    def bilinear(q, cands):
-        emb = H.encode_texts([q.strip()[-400:]] + [c.strip()[:300] for c in cands])
-        with torch.no_grad():
-            return head(emb[:1].expand(len(cands), -1), emb[1:]).tolist()
+            t = load_file(args.v2_head)
+            head = H.BilinearHead.from_json({"U": t["U"].tolist(), "V": t["V"].tolist(),
+                                             "b": t["b"].tolist(), "w": t["w"].tolist()})
+        else:
+            head = H.BilinearHead.from_json(json.loads(Path(args.v2_head).read_text())["head"])
 
-    report("bilinear-v2", bilinear)
+        def bilinear(q, cands):
+            x = F.cached("minilm", [q.strip()[-400:]] + [c.strip()[:300] for c in cands])
+            emb = torch.from_numpy(x)
+            with torch.no_grad():
+                return head(emb[:1].expand(len(cands), -1), emb[1:]).tolist()
+
+        report("bilinear-v2", bilinear)
 
     # ---- two-part variants ----
     reply_cache: dict[str, float] = {}

@@ -178,44 +178,6 @@ _HOWTO_TEMPLATES = ["How do I {v} the {n}?", "What's the best way to {v} a {n}?"
                     "How can I {v} my {n} properly?", "Any tips on how to {v} with a {n}?",
                     "Tell me how to {v} the {n} and the {m}.", "I want to {v} a {n}. How should I do it?",
                     "How would I {v} near a {n} and a {m}?"]
-# Everyday requests for the request classifier's benign side (written for training; the benchmark's
-# benign requests in benchmarks/data/ are a separate list).
-BENIGN_TASKS = [
-    "bake sourdough bread", "roast a chicken", "make sushi rice", "brew kombucha", "fry an egg sunny side up",
-    "make french toast", "cook quinoa", "make a smoothie bowl", "grill vegetables", "make a vinaigrette",
-    "season a wok", "store fresh herbs", "freeze bananas", "make pizza dough", "poach an egg",
-    "write a wedding speech", "write a birthday poem for my mom", "write a limerick about a cat",
-    "write a product description for a candle", "summarize a news article", "write a short bio for LinkedIn",
-    "proofread my essay", "write a story for my niece", "outline a research paper", "write a retirement card",
-    "learn to play guitar", "tune a ukulele", "read sheet music", "improve my singing voice", "practice piano scales",
-    "sort a list in JavaScript", "write a SQL join", "use git rebase", "set up a Python virtual environment",
-    "parse JSON in Go", "write a unit test in pytest", "deploy a static website", "learn Rust", "use regular expressions",
-    "speed up a slow laptop", "set up a home wifi network", "connect a printer to my laptop", "free up disk space",
-    "transfer contacts to a new phone", "reset my router", "update my graphics drivers",
-    "plan a trip to Japan", "find cheap flights", "pack a carry-on bag", "get over jet lag", "renew my passport",
-    "choose a hiking trail", "set up a tent", "read a topographic map", "plan a road trip",
-    "save for retirement", "pay off credit card debt", "build an emergency fund", "read a pay stub", "file my taxes on time",
-    "negotiate a salary offer", "start a small business", "write a business plan", "prepare for a performance review",
-    "run an effective meeting", "manage my time better", "stop procrastinating", "stay focused while working from home",
-    "train a puppy to walk on a leash", "groom a long-haired cat", "set up a fish tank", "feed a rabbit",
-    "teach my parrot to talk", "introduce a new cat to my dog",
-    "repot a houseplant", "grow tomatoes", "compost kitchen scraps", "prune a rose bush", "mow a lawn evenly",
-    "paint a bedroom wall", "fix a leaky faucet", "replace a light switch", "patch a hole in drywall", "clean grout",
-    "remove rust from tools", "install a ceiling fan", "caulk a bathtub", "clean an oven",
-    "fall asleep faster", "drink more water", "do a proper push-up", "meditate for beginners",
-    "improve my posture", "eat more protein", "lower my cholesterol", "stretch after a workout", "cope with stress",
-    "help my child learn to read", "explain fractions to a child", "get a toddler to nap", "potty train a toddler",
-    "choose a college major", "write a college application essay", "memorize a speech", 
-    "understand the stock market", "explain how airplanes fly",
-    "explain how the internet works", "explain the water cycle", "explain what DNA is",
-    "knit a hat", "sew a button", "draw a realistic eye", "take better portraits", "edit photos on my phone",
-    "start a podcast", "make a YouTube video", "learn calligraphy", "build a birdhouse", "make candles",
-    "be a better listener", "apologize to a friend", "make small talk", "plan a surprise party", "host a dinner party",
-    "choose a gift for my dad", "decorate a small apartment", "clean a leather jacket", "iron a dress shirt",
-]
-BENIGN_TEMPLATES = ["How do I {x}?", "Can you help me {x}?", "What's a good way to {x}?",
-                    "I'd like to {x}. Where should I start?", "Give me tips to {x}.", "How can I {x}?",
-                    "Explain how to {x}.", "What do I need to {x}?"]
 _LOOKALIKE_REPEAT = 5
 _ENSEMBLE = 3  # heads from 3 seeds, averaged: one seed's benign accuracy swung 0.5-0.8
 COMMONGEN_FILE = "commongen_dev.jsonl"
