@@ -36,8 +36,7 @@ from ..errors import ConfigError
 from ..models import cache_dir
 from .base import Reward
 from .harmlessness import (COMMONGEN_FILE, HELPFUL_OPENERS, HH_FILE, REFUSALS, Triple, _REFUSAL_RE, _accuracy,
-                           _h, commongen_triples, default_data_path, encode_texts, held_out, load_pairs,
-                           lookalike_triples)
+                           _h, commongen_triples, encode_texts, held_out, load_pairs, lookalike_triples)
 
 _VERSION = 3
 #: The alignment prompt the gate puts before requests it judges harmful (start-state adaptation).
@@ -161,8 +160,8 @@ def train_two_part(data: str | os.PathLike[str], *, commongen: str | os.PathLike
         return sorted(xs, key=lambda t: _h("sample:" + t))[:cap]
 
     harmful, benign = sample(requests(train)), sample(benign_training_requests(cg_train, la_train))
-    comply = sorted({p["rejected"][:300] for p in train if not _REFUSAL_RE.match(p["rejected"])})
-    comply += sorted({t[1] for t in cg_train})[:600] + HELPFUL_OPENERS
+    comply = sample(sorted({p["rejected"][:300] for p in train if not _REFUSAL_RE.match(p["rejected"])}))
+    comply += sorted({t[1] for t in cg_train})[:300] + HELPFUL_OPENERS
     xq = encode_texts(harmful + benign)
     request_head = Logistic.fit(xq, torch.tensor([1.0] * len(harmful) + [0.0] * len(benign)))
     xa = encode_texts(refusals + comply)
@@ -199,6 +198,16 @@ class TwoPartHead(torch.nn.Module):
     def forward(self, q: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return two_part(self.request(q), self.reply(a))
 
+
+
+def default_data_path() -> Path | None:
+    """``$DEAL_DATA_DIR``, else ``../shared/data`` beside the working directory or the source tree."""
+    roots = [os.environ.get("DEAL_DATA_DIR")]
+    roots += [str(Path.cwd().parent / "shared" / "data"), str(Path(__file__).resolve().parents[4] / "shared" / "data")]
+    for root in roots:
+        if root and (Path(root) / HH_FILE).is_file():
+            return Path(root) / HH_FILE
+    return None
 
 
 def head_path() -> Path:
