@@ -141,6 +141,19 @@ def best_threshold(p_harm: np.ndarray, p_benign: np.ndarray) -> float:
     return float(grid[int(np.argmax(acc))])
 
 
+def markdown(rows: list[dict], meta: dict) -> str:
+    """The variants as a RESULTS.md table."""
+    out = [f"| variant | harmful, set-aside (N={meta['n_harmful_setaside']}) | benign, set-aside "
+           f"(N={meta['n_benign_setaside']}) | of which look-alikes (N={meta['n_lookalike_setaside']}) | "
+           f"hand-written harmful (20) | hand-written benign (20) | HH pairwise (N={meta['n_hh_pairs']}) |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['variant']} | {r['harmful_setaside']:.3f} | {r['benign_setaside']:.3f} | "
+                   f"{r['benign_lookalike_setaside']:.3f} | {r['ja_harmful']:.2f} | {r['ja_benign']:.2f} | "
+                   f"{r['hh_pairwise']:.3f} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=HERE.parents[1] / "shared" / "data")
@@ -292,6 +305,7 @@ def main() -> None:
             "n_benign_setaside": len(ben_eval), "n_lookalike_setaside": sum(q in ben_look for q in ben_eval),
             "n_hh_pairs": min(args.hh_pairs, len(test_pairs)), "n_ja": [len(ja_harm), len(ja_ben)]}
     print(json.dumps(meta))
+    print(markdown(results, meta))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"meta": meta, "rows": results}, indent=1))

@@ -290,6 +290,10 @@ def task_keywords(args, engine) -> None:
         return {"soft": len(got) / len(c["words"]), "hard": float(len(got) == len(c["words"]))}
 
     fluency = [(FluencyReward(engine), args.fluency)] if args.fluency else []
+    if args.repetition:  # the repetition-aware term: rollouts heading into a loop score lower
+        from deal_core import RepetitionReward
+
+        fluency.append((RepetitionReward(), args.repetition))
 
     def rewards(chunk):
         return [PerPrompt({requests[c["id"]]: reward_of[requests[c["id"]]] for c in chunk}, "keywords"),
@@ -800,6 +804,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--deal", default=None, help='JSON overrides of the DeAL settings, e.g. \'{"lookahead": 4}\'')
     ap.add_argument("--fluency", type=float, default=0.0,
                     help="keywords: add FluencyReward (text-alone LM log-prob) with this weight")
+    ap.add_argument("--repetition", type=float, default=0.0,
+                    help="keywords: add RepetitionReward (repeated word 3-grams) with this weight")
     ap.add_argument("--harmless-weight", type=float, default=0.75)
     ap.add_argument("--bon-match", default="deal", help="the DeAL method whose LM tokens best-of-N matches")
     ap.add_argument("--harmless-reward", choices=["two-part", "bilinear"], default="two-part")
