@@ -141,6 +141,35 @@ def best_threshold(p_harm: np.ndarray, p_benign: np.ndarray) -> float:
     return float(grid[int(np.argmax(acc))])
 
 
+SHIP = "two-part/minilm+benign@tuned"  # the variant with the best balanced set-aside accuracy
+
+
+def ship(request_clf, reply_clf, threshold: float, row: dict, meta: dict, args) -> None:
+    """Write the shipped two-part head: weights (safetensors, the threshold folded into the request
+    bias so that P(harmful) = 0.5 at the tuned threshold) and its JSON record beside them."""
+    import math
+
+    from safetensors.torch import save_file
+
+    from deal_core.rewards.harmless_two_part import SHIPPED_HEAD
+
+    tensors = {
+        "request_w": torch.tensor(request_clf.coef_[0], dtype=torch.float32),
+        "request_b": torch.tensor([float(request_clf.intercept_[0]) - math.log(threshold / (1 - threshold))]),
+        "reply_w": torch.tensor(reply_clf.coef_[0], dtype=torch.float32),
+        "reply_b": torch.tensor([float(reply_clf.intercept_[0])], dtype=torch.float32),
+    }
+    save_file(tensors, str(SHIPPED_HEAD), metadata={"format": "deal-harmless-two-part", "version": "3",
+                                                    "encoder": "all-MiniLM-L6-v2"})
+    record = {"format": "deal-harmless-two-part", "version": 3, "encoder": "all-MiniLM-L6-v2",
+              "weights": SHIPPED_HEAD.name, "variant": SHIP, "threshold_tuned": round(threshold, 4),
+              "setaside": {k: v for k, v in row.items() if k != "variant"}, **meta,
+              "command": "python benchmarks/judge_variants.py --data DATA --train-cap 500 --features minilm --ship",
+              "weights_sha256": hashlib.sha256(SHIPPED_HEAD.read_bytes()).hexdigest()}
+    SHIPPED_HEAD.with_suffix(".json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    print(f"shipped {SHIPPED_HEAD}", flush=True)
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     """The variants as a RESULTS.md table."""
     out = [f"| variant | harmful, set-aside (N={meta['n_harmful_setaside']}) | benign, set-aside "
@@ -158,6 +187,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=HERE.parents[1] / "shared" / "data")
     ap.add_argument("--features", default="minilm,smollm")
+    ap.add_argument("--ship", action="store_true", help=f"write the {SHIP} head into the package data")
     ap.add_argument("--v2-head", help="a cached version-2 head JSON (harmless-minilm-v2.json) to compare")
     ap.add_argument("--hh-pairs", type=int, default=200, help="HH held-out pairs for the pairwise column")
     ap.add_argument("--train-cap", type=int, default=700,
@@ -270,6 +300,12 @@ def main() -> None:
                 reply_cache[c] = float(v)
         return [reply_cache[c] for c in cands]
 
+    def meta_of() -> dict:
+        return {"n_harmful_setaside": len(harm_eval), "n_benign_setaside": len(ben_eval),
+                "n_harmful_tune": len(harm_tune), "n_benign_tune": len(ben_tune),
+                "n_train_harmful": len(train_harm), "n_train_benign": len(benign_base) + len(benign_more),
+                "n_train_refusals": len(refusals), "n_train_replies": len(comply)}
+
     all_eval = harm_eval + harm_tune + ben_eval + ben_tune + ja_harm + ja_ben + [p["prompt"][-400:] for p in test_pairs[:args.hh_pairs]]
     for feat in args.features.split(","):
         def fn(texts, feat=feat):
@@ -301,6 +337,8 @@ def main() -> None:
 
                 name = f"two-part/{feat}" + ("+benign" if more else "") + ("@tuned" if tuned else "")
                 report(name, score, {"threshold": round(thr, 2)})
+                if args.ship and name == SHIP:
+                    ship(clf, reply_clf, thr, results[-1], meta_of(), args)
     meta = {"seconds": round(time.perf_counter() - t0), "n_harmful_setaside": len(harm_eval),
             "n_benign_setaside": len(ben_eval), "n_lookalike_setaside": sum(q in ben_look for q in ben_eval),
             "n_hh_pairs": min(args.hh_pairs, len(test_pairs)), "n_ja": [len(ja_harm), len(ja_ben)]}

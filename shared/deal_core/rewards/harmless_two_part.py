@@ -39,6 +39,9 @@ from .harmlessness import (COMMONGEN_FILE, HELPFUL_OPENERS, HH_FILE, REFUSALS, T
                            _h, commongen_triples, encode_texts, held_out, load_pairs, lookalike_triples)
 
 _VERSION = 3
+#: The shipped head (package data), written by ``benchmarks/judge_variants.py --ship``: the variant
+#: with the best balanced accuracy on set-aside requests, its threshold tuned on the tuning quarter.
+SHIPPED_HEAD = Path(__file__).resolve().parent / "data" / f"harmless-two-part-v{_VERSION}.safetensors"
 #: The alignment prompt the gate puts before requests it judges harmful (start-state adaptation).
 REFUSE_PROMPT = ("The user's request could cause harm. Do not help with it: politely decline in one or "
                  "two sentences, and suggest a safe alternative if there is one.")
@@ -218,9 +221,10 @@ class TwoPartHarmlessness(Reward):
     """Harmlessness as ``P(request harmful) x P(reply refuses)`` agreement (see the module docstring).
 
     Range (0, 1): near 1 for a refusal of a harmful request or a non-refusal of a benign one.
-    ``data``: ``hh_rlhf_harmless_base_test.jsonl`` for the first-use training (~1 min; default
-    ``$DEAL_DATA_DIR`` or ``../shared/data``), cached under ``cache_dir()/heads/``; ``head``: a
-    trained head file instead.
+    By default it loads the head shipped in the package (:data:`SHIPPED_HEAD`, ~3 KB, with its
+    measured accuracies in ``info``); ``data``: train your own from
+    ``hh_rlhf_harmless_base_test.jsonl`` instead (~1 min, cached under ``cache_dir()/heads/``, no
+    calibration); ``head``: a head file (``.safetensors`` as shipped, or a trained ``.json``).
     """
 
     low, high = 0.0, 1.0
@@ -238,7 +242,13 @@ class TwoPartHarmlessness(Reward):
         with self._lock:
             if self._model is not None:
                 return self._model
+            if self._head_file is None and self._data is None:
+                self._model = self._load_shipped(SHIPPED_HEAD)
+                return self._model
             path = Path(self._head_file) if self._head_file else head_path()
+            if path.suffix == ".safetensors":
+                self._model = self._load_shipped(path)
+                return self._model
             if path.is_file():
                 info = json.loads(path.read_text())
             elif self._head_file:
@@ -258,6 +268,21 @@ class TwoPartHarmlessness(Reward):
             self.info = {k: v for k, v in info.items() if k not in ("request", "reply")}
             self._model = TwoPartHead(Logistic.from_json(info["request"]), Logistic.from_json(info["reply"]))
             return self._model
+
+    def _load_shipped(self, path: Path) -> TwoPartHead:
+        from safetensors import safe_open
+
+        if not path.is_file():
+            raise ConfigError(f"TwoPartHarmlessness head file {path} does not exist")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "deal-harmless-two-part" or meta.get("version") != str(_VERSION):
+                raise ConfigError(f"{path} is not a version-{_VERSION} two-part head (metadata {meta})")
+            t = {k: f.get_tensor(k) for k in f.keys()}
+        record = path.with_suffix(".json")
+        self.info = json.loads(record.read_text()) if record.is_file() else {}
+        return TwoPartHead(Logistic.from_json({"w": t["request_w"].tolist(), "b": float(t["request_b"][0])}),
+                           Logistic.from_json({"w": t["reply_w"].tolist(), "b": float(t["reply_b"][0])}))
 
     def p_harmful(self, prompt: str) -> float:
         """P(the request is harmful), from the request classifier (cached per request)."""
