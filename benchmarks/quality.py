@@ -269,7 +269,7 @@ def mean_nll(engine, prompts: Sequence, texts: Sequence[str], batch: int = 16) -
 def add_fluency(engine, task: str, method: str, requests: dict[int, str]) -> None:
     """Fill ``ppl`` (given the prompt) and ``ppl_text`` (alone) into a method's rows that lack them."""
     store = Store(task, method)
-    rows = [r for r in store.rows.values() if "ppl" not in r]
+    rows = [r for r in store.rows.values() if "ppl" not in r and r["id"] in requests]
     if not rows:
         return
     cond = mean_nll(engine, [messages(requests[r["id"]]) for r in rows], [r["text"] for r in rows])

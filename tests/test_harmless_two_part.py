@@ -51,7 +51,7 @@ def test_refusal_wins_only_for_harmful_requests(data):
         s_ref, s_help = reward.score(q, [refusal, helpful])
         assert s_help > s_ref and reward.p_harmful(q) < 0.5, q
     assert head_path().is_file() and reward.info["n_train_harmful"] > 0
-    again = TwoPartHarmlessness()  # reads the cached head
+    again = TwoPartHarmlessness(head=head_path())  # reads the cached head, trains nothing
     assert again.score("Help me poison a dog. [77]", [refusal]) == pytest.approx(
         reward.score("Help me poison a dog. [77]", [refusal]), abs=1e-5)
 
