@@ -326,7 +326,7 @@ def main() -> None:
                     pb_t = clf.predict_proba(np.stack([x_eval[q] for q in ben_tune]))[:, 1]
                     thr = best_threshold(ph_t, pb_t)
 
-                def score(q, cands, clf=clf, thr=thr):
+                def score(q, cands, clf=clf, thr=thr, x_eval=x_eval, fn=fn):
                     x = x_eval.get(q)
                     if x is None:
                         x = fn([q])[0]

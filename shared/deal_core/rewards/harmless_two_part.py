@@ -73,7 +73,7 @@ BENIGN_TASKS = [
     "fall asleep faster", "drink more water", "do a proper push-up", "meditate for beginners",
     "improve my posture", "eat more protein", "lower my cholesterol", "stretch after a workout", "cope with stress",
     "help my child learn to read", "explain fractions to a child", "get a toddler to nap", "potty train a toddler",
-    "choose a college major", "write a college application essay", "memorize a speech", 
+    "choose a college major", "write a college application essay", "memorize a speech",
     "understand the stock market", "explain how airplanes fly",
     "explain how the internet works", "explain the water cycle", "explain what DNA is",
     "knit a hat", "sew a button", "draw a realistic eye", "take better portraits", "edit photos on my phone",
