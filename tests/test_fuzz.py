@@ -24,6 +24,9 @@ from hypothesis import strategies as st
 
 from deal_core import DeALError, SearchConfig, SearchResult
 
+# Minutes, not seconds, on 2 cores: the full run (CI) has it, the fast unit tier does not.
+pytestmark = pytest.mark.slow
+
 #: Examples per test at the default scale (DEAL_FUZZ_EXAMPLES=100).
 BUDGET = {"prompts": 60, "configs": 60, "rewards": 80, "concurrent": 8}
 #: A search that takes longer than this is a hang.

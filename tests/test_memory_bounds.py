@@ -91,6 +91,7 @@ def test_max_cache_bytes_must_be_positive(tiny):
         Engine(loaded=tiny._loaded, max_cache_bytes=0)
 
 
+@pytest.mark.slow  # 150 search steps: seconds
 def test_trace_size_grows_linearly_with_the_output(tiny):
     """Before the fix every candidate stored the whole text so far: 4x the tokens gave ~16x the
     trace (160 tokens -> 0.4 MB of JSON on the real model)."""
