@@ -171,7 +171,9 @@ def test_fuzzed_prompts(tiny, baseline, prompt):
 @_settings("configs")
 @given(config=configs)
 def test_fuzzed_configs(tiny, baseline, config):
-    config = {"timeout": 30.0, **config}  # the engine's own bound, for a valid but long search
+    # Defaults that keep a valid search short (the fuzzed fields override them), and the engine's
+    # own bound for one that is still long.
+    config = {"timeout": 20.0, "max_new_tokens": 6, **config}
     _check("configs", _bounded(lambda: tiny.search("Once upon a time", config=config)))
     _usable(tiny, baseline)
 
@@ -214,7 +216,7 @@ def test_fuzzed_bad_requests_never_change_good_ones(tiny, solo, bad):
     def fuzzed(j: int) -> None:
         prompt, config, behaviour = bad[j]
         start.wait()
-        cfg = {"timeout": 30.0, **config} if isinstance(config, dict) else config
+        cfg = {"timeout": 20.0, "max_new_tokens": 6, **config} if isinstance(config, dict) else config
         outcomes[f"bad{j}"] = _bounded(lambda: tiny.search(prompt, [_reward(behaviour)], config=cfg))
 
     threads = [threading.Thread(target=good, args=(i,)) for i in range(len(GOOD))]
