@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from deal_core import frontend
 from deal_core.config import SearchConfig
@@ -47,6 +47,14 @@ class DeALParams(frontend.SearchSettings):
     dtype: str | None = Field(None, description="'auto', 'float32', 'bfloat16', 'float16'.")
     engine: Any = Field(
         None, exclude=True, description="An explicit deal_core Engine; overrides model/device/dtype.")
+    base_url: str | None = Field(
+        None, description="Run the search on an OpenAI-compatible inference server (vllm serve, SGLang, "
+        "Ray Serve LLM) at this API root, e.g. 'http://127.0.0.1:8000/v1'; `model` is then the served "
+        "model's name. Rewards still run in this process.")
+    api_key: SecretStr | None = Field(None, description="Bearer token for base_url's server.")
+    tokenizer: str | None = Field(
+        None, description="With base_url: where the served model's tokenizer is (local directory or "
+        "Hugging Face id); default: the model name, or the directory the server reports.")
 
     # ---- what to align to ---------------------------------------------------------------------
     rewards: Any = Field(
@@ -113,11 +121,12 @@ class DeALParams(frontend.SearchSettings):
         """The shared engine: a per-call ``model`` override, else ``engine``, else ``model``."""
         from deal_core.engine import get_engine  # torch loads with the first engine, not at import
 
-        if model is not None:
-            return get_engine(model, self.device, dtype=self.dtype)
-        if self.engine is not None:
+        if model is None and self.engine is not None:
             return self.engine
-        return get_engine(self.model, self.device, dtype=self.dtype)
+        if self.base_url is not None:  # the model lives on an inference server
+            key = self.api_key.get_secret_value() if self.api_key is not None else None
+            return get_engine(model or self.model, base_url=self.base_url, api_key=key, tokenizer=self.tokenizer)
+        return get_engine(model or self.model, self.device, dtype=self.dtype)
 
     def _call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's own keyword arguments (LangChain's internal ones dropped), checked: unknown
@@ -197,6 +206,7 @@ class DeALParams(frontend.SearchSettings):
         return {
             "model_name": self.model_name,
             "device": self.device,
+            **({"base_url": self.base_url} if self.base_url else {}),
             "dtype": self.dtype,
             "raw_prompt": self.raw_prompt,
             **self.search_config().model_dump(),

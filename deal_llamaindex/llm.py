@@ -74,6 +74,12 @@ class DeALLLM(frontend.SearchSettings, CustomLLM):
         default=None, description="HF model id or local path; None = the embedded SmolLM2-135M-Instruct."
     )
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1' ...")
+    base_url: Optional[str] = Field(
+        default=None, description="Run the search on an OpenAI-compatible inference server (vllm serve, "
+        "SGLang, Ray Serve LLM) at this API root, e.g. 'http://127.0.0.1:8000/v1'; `model` is the served name.")
+    api_key: Optional[str] = Field(default=None, exclude=True, description="Bearer token for base_url's server.")
+    tokenizer: Optional[str] = Field(
+        default=None, description="With base_url: the served model's tokenizer (local directory or hub id).")
     model_name: str = Field(default="", description="Name reported in metadata (the engine's model).")
     context_window: int = Field(default=0, description="The model's context window, read from its config.")
     is_chat_model: bool = Field(
@@ -97,6 +103,9 @@ class DeALLLM(frontend.SearchSettings, CustomLLM):
         from deal_core.engine import get_engine  # torch loads with the first engine, not at import
 
         # Load (or reuse) the engine first: metadata needs the real model's window and template.
+        if engine is None and kwargs.get("base_url"):
+            engine = get_engine(kwargs.get("model"), base_url=kwargs["base_url"], api_key=kwargs.get("api_key"),
+                                tokenizer=kwargs.get("tokenizer"))
         eng = engine or get_engine(kwargs.get("model"), kwargs.get("device", "auto"))
         kwargs.setdefault("model_name", eng.model_name)
         kwargs["context_window"] = eng.context_window or 0

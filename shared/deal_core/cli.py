@@ -238,6 +238,9 @@ def generate(
     raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as raw text, no chat template.")] = False,
     model: Annotated[str, typer.Option(help="'embedded' (SmolLM2-135M-Instruct), a local dir or HF id.")] = "embedded",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    base_url: Annotated[Optional[str], typer.Option(help="Search on an OpenAI-compatible server (vllm serve ...) at this API root, e.g. http://127.0.0.1:8000/v1; --model is the served name.")] = None,
+    api_key: Annotated[Optional[str], typer.Option(envvar="DEAL_API_KEY", help="Bearer token for --base-url (env DEAL_API_KEY).")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="With --base-url: the served model's tokenizer (local dir or HF id).")] = None,
     compare_greedy: Annotated[bool, typer.Option("--compare-greedy", help="Also decode greedily and show both.")] = False,
     trace: Annotated[list[Path], typer.Option(metavar="FILE", help="Write the search tree: a .html, .png or .json file; repeatable.")] = [],  # noqa: B006
     top_n: Annotated[int, typer.Option(help="Candidates drawn per step in --trace pictures.")] = 5,
@@ -251,7 +254,8 @@ def generate(
 
 def _generate(*, prompt: str, keywords, length, rubric, fluency, weight, beam_width, top_k, lookahead,
               commit_tokens, max_new_tokens, reward_scale, stop, alignment_prompt, seed, raw, model,
-              device, compare_greedy, trace, top_n, as_json, progress) -> None:
+              device, base_url, api_key, tokenizer, compare_greedy, trace, top_n, as_json,
+              progress) -> None:
     from .config import SearchConfig, make_config
     from .engine import get_engine
     from .rewards import RewardSet
@@ -279,7 +283,11 @@ def _generate(*, prompt: str, keywords, length, rubric, fluency, weight, beam_wi
     the_prompt: Any = prompt if raw else [{"role": "user", "content": prompt}]
     show = sys.stderr.isatty() if progress is None else progress
     _quiet_loading()
-    engine = get_engine(None if model == "embedded" else model, device)
+    if base_url:
+        engine = get_engine(None if model == "embedded" else model, base_url=base_url, api_key=api_key,
+                            tokenizer=tokenizer)
+    else:
+        engine = get_engine(None if model == "embedded" else model, device)
     if fluency is not None:
         from .rewards.fluency import FluencyReward
 

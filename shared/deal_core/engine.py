@@ -362,6 +362,14 @@ def _make_backend(backend: str | Backend, model, device, *, dtype, trust_remote_
 
         return VLLMBackend(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                            **engine_kwargs)
+    if backend == "server":
+        if loaded is not None:
+            raise ConfigError("loaded= is a transformers model; the server backend's model lives on the server")
+        if not engine_kwargs.get("base_url"):
+            raise ConfigError("backend='server' needs base_url='http://host:port/v1' (the server's API root)")
+        from .backends.server import ServerBackend
+
+        return ServerBackend(None if model is None else str(model), **engine_kwargs)
     raise ConfigError(f"backend={backend!r} is not known; use one of {list(BACKENDS)} or a Backend object")
 
 
@@ -374,10 +382,19 @@ def _hf_backend(loaded: LoadedModel) -> Backend:
 # ---- one engine per (model, device, dtype, backend, engine arguments) in the process ----------------
 def get_engine(model: str | os.PathLike[str] | None = None, device: str | torch.device | None = "auto",
                *, backend: str = "hf", dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
+               base_url: str | None = None, api_key: str | None = None, tokenizer: Any = None,
                **engine_kwargs: Any) -> Engine:
     """The process-wide shared engine for ``(model, device, dtype, backend, engine_kwargs)`` (kept in
     models' registry); loads it on first use (thread-safe). ``get_engine(backend="vllm")`` runs the
-    search on vLLM in this process."""
+    search on vLLM in this process; ``get_engine("name", base_url="http://host:port/v1", api_key=...,
+    tokenizer=...)`` on an OpenAI-compatible inference server (the served model ``name``)."""
+    if base_url is not None:
+        # The model lives on an OpenAI-compatible server (vllm serve, SGLang, Ray Serve LLM): the
+        # search drives it over HTTP; `model` is the served name (None: the server's only model).
+        backend, device = "server", "cpu"  # nothing of the model is on this machine's devices
+        engine_kwargs = dict(engine_kwargs, base_url=base_url, api_key=api_key, tokenizer=tokenizer)
+    elif api_key is not None or tokenizer is not None:
+        raise ConfigError("api_key= and tokenizer= go with base_url= (a model on an inference server)")
     key = model_key(model, device, dtype)
     extra = () if backend == "hf" and not engine_kwargs else (str(backend), repr(sorted(engine_kwargs.items())))
     return shared(("engine", *key, *extra),
