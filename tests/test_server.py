@@ -10,7 +10,6 @@ and starts it again on the same port, so it runs last. What is checked:
 - errors that say what to fix: unreachable URL, unknown model (listing the served ones), a top_k
   above the server's --max-logprobs, a tokenizer that is not the server's, a bad reward;
 - a search timeout and a cancellation are honoured while a request is in flight;
-- the remote judge scores like the local judge, one request per step;
 - the front ends (LangChain, LlamaIndex) and the CLI take ``base_url``.
 """
 
@@ -21,26 +20,24 @@ import threading
 import time
 
 import pytest
-
 from deal_core import (
     ConfigError,
     KeywordReward,
     LengthReward,
     RewardError,
-    RubricReward,
     SearchCancelled,
     SearchTimeout,
     get_engine,
 )
 from deal_core.errors import ModelNotServed, ServerUnavailable
-from deal_core.remote import ServerClient
 
 from .conftest import keyword_prompt
 from .vllm_server import SERVED_NAME
 
 pytestmark = pytest.mark.slow
 
-PARITY = dict(beam_width=2, top_k=3, lookahead=4, max_new_tokens=16)
+PARITY = dict(beam_width=2, top_k=3, lookahead=4, max_new_tokens=12)
+SMALL = dict(beam_width=2, top_k=2, lookahead=2, max_new_tokens=4)
 WORDS = [["dog", "frisbee", "catch"], ["snow", "mountain", "ski"], ["cook", "kitchen", "soup"],
          ["river", "boat", "fish"], ["guitar", "stage", "sing"], ["book", "read", "library"],
          ["rain", "umbrella", "walk"], ["ball", "kick", "goal"]]
@@ -107,13 +104,14 @@ async def test_async_callers_share_the_server(remote, hf_texts):
     assert [r.text for r in results] == hf_texts[:4]
 
 
-def test_bad_reward_fails_only_its_request(remote, hf_texts):
+def test_bad_reward_fails_only_its_request(remote):
     def broken(prompt: str, text: str) -> float:
         raise ValueError("database is down")
 
+    before = remote.search("Name a colour.", [KeywordReward(["red"])], SMALL).text
     with pytest.raises(RewardError, match="database is down"):
-        remote.search(keyword_prompt(WORDS[0]), [broken], PARITY)
-    assert remote.search(keyword_prompt(WORDS[1]), rewards_for(WORDS[1]), PARITY).text == hf_texts[1]
+        remote.search("Name a colour.", [broken], SMALL)
+    assert remote.search("Name a colour.", [KeywordReward(["red"])], SMALL).text == before
 
 
 def test_unknown_model_lists_served_ones(vllm_server):
@@ -156,7 +154,8 @@ def test_timeout_is_honoured_while_a_request_is_in_flight(remote):
     assert time.perf_counter() - start < 3.0  # not "after the step in flight, whenever it ends"
 
 
-async def test_cancellation_is_honoured(remote, hf_texts):
+async def test_cancellation_is_honoured(remote):
+    before = (await remote.asearch("Name a colour.", None, SMALL)).text
     task = asyncio.create_task(remote.asearch("Tell me a long story.", None,
                                               dict(beam_width=4, top_k=4, lookahead=32, max_new_tokens=200)))
     await asyncio.sleep(0.5)
@@ -165,27 +164,14 @@ async def test_cancellation_is_honoured(remote, hf_texts):
     with pytest.raises((asyncio.CancelledError, SearchCancelled)):
         await task
     assert time.perf_counter() - start < 3.0
-    assert (await remote.asearch(keyword_prompt(WORDS[2]), rewards_for(WORDS[2]), PARITY)).text == hf_texts[2]
+    assert (await remote.asearch("Name a colour.", None, SMALL)).text == before  # the engine is fine
 
 
-def test_remote_judge_matches_the_local_judge(vllm_server, engine):
-    from deal_core.judge import Judge
-    from deal_core.remote_judge import RemoteJudge
-
-    rubric = "The reply is about animals."
-    cands = ["Dogs and cats are loyal pets.", "The stock market fell today.", "Birds sing at dawn."]
-    remote = RemoteJudge(vllm_server.base_url, SERVED_NAME, tokenizer="embedded")
-    before = remote.requests
-    theirs = RubricReward(rubric, judge=remote).score("Tell me something.", cands)
-    assert remote.requests - before == 1  # all candidates in one request
-    ours = Judge(engine._loaded).score(rubric, "Tell me something.", cands)
-    assert theirs == pytest.approx(ours, abs=2e-3)
-
-
-def test_server_killed_mid_search_then_back(vllm_server, remote, hf_texts):
+def test_server_killed_mid_search_then_back(vllm_server, remote):
     """Runs last in this file: it kills the session server and starts it again."""
     if vllm_server.proc is None:
         pytest.skip("the server was started outside this session (DEAL_TEST_VLLM_PORT): not ours to kill")
+    before = remote.search("Name a colour.", None, SMALL).text
     stream = remote.stream("Tell me a long story about a dragon.", None,
                            dict(beam_width=2, top_k=4, lookahead=8, max_new_tokens=200))
     next(stream)  # the search is under way (a step came back)
@@ -198,4 +184,4 @@ def test_server_killed_mid_search_then_back(vllm_server, remote, hf_texts):
     with pytest.raises(ServerUnavailable):  # still down: a new search fails fast and clearly
         remote.search("Hello", None, dict(beam_width=1, top_k=2, lookahead=1, max_new_tokens=2))
     vllm_server.start()
-    assert remote.search(keyword_prompt(WORDS[3]), rewards_for(WORDS[3]), PARITY).text == hf_texts[3]
+    assert remote.search("Name a colour.", None, SMALL).text == before

@@ -16,7 +16,6 @@ import time
 
 import pytest
 import torch
-
 from deal_core import ConfigError, RubricReward, SearchTimeout
 from deal_core.errors import ModelNotServed, ServerError, ServerUnavailable
 from deal_core.remote import ServerClient

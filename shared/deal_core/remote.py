@@ -44,7 +44,6 @@ from .errors import (
     ServerError,
     ServerUnavailable,
 )
-
 from .models import DEFAULT_MODEL, ensure_embedded_cache, shared
 
 logger = logging.getLogger(__name__)
@@ -95,8 +94,7 @@ class _LoopThread:
 
 def _root_url(base_url: str) -> str:
     """``http://host:port/v1`` -> ``http://host:port`` (vLLM's /health and /tokenize live there)."""
-    url = base_url.rstrip("/")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
+    return base_url.rstrip("/").removesuffix("/v1")
 
 
 # ---- the client ----------------------------------------------------------------------------------

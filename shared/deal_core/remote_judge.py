@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ConfigError, ModelLoadError
-from .judge import Example, build_judge_text, fence, _PLACEHOLDER
+from .judge import _PLACEHOLDER, Example, build_judge_text, fence
 from .remote import VLLM_DEFAULT_MAX_LOGPROBS, ServerClient, get_client, load_tokenizer
 
 

@@ -172,7 +172,7 @@ class ServerBackend(Backend):
 
         # 3. The step's result, and each row's next expansion (the top-k after its committed tokens).
         seq, seq_lp, nexts = [], [], []
-        for n, (b, (tok, lp)) in enumerate((b, e) for b in range(len(top)) for e in top[b]):
+        for n, (tok, lp) in enumerate(e for row in top for e in row):  # row n = beam * k + j
             if req.n_forward:
                 c = rolled[n]
                 seq.append([tok] + c.token_ids[: req.n_forward])
