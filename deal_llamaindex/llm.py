@@ -15,6 +15,7 @@ from :func:`deal_core.get_engine`, so the LangChain front end in the same proces
 from __future__ import annotations
 
 import pickle
+import uuid
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -36,18 +37,22 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.llms.llm import default_completion_to_prompt as _default_completion_to_prompt
 
 from deal_core import frontend
 from deal_core.config import SearchConfig
 from deal_core.prompts import Prompt, has_chat_template
 from deal_core.rewards import RewardSet
+from deal_core.structure.tools import (ToolSpec, parse_tool_calls, render_tool_calls, render_tool_result,
+                                       tool_call_format, tools_prompt)
 
 # LlamaIndex roles the chat templates do not know, mapped to the nearest one they do.
 _ROLE_MAP = {"developer": "system", "chatbot": "assistant", "model": "assistant", "function": "tool"}
 
 
-class DeALLLM(frontend.SearchSettings, CustomLLM):
+class DeALLLM(frontend.SearchSettings, FunctionCallingLLM, CustomLLM):
     """A LlamaIndex LLM that decodes by DeAL search (Huang et al., 2024) over a local model.
 
     ``rewards`` takes every kind ``deal_core`` takes: a rubric string, ``f(prompt, text) -> float``
@@ -153,6 +158,7 @@ class DeALLLM(frontend.SearchSettings, CustomLLM):
             num_output=self._config.max_new_tokens,
             model_name=self.model_name,
             is_chat_model=self.is_chat_model,
+            is_function_calling_model=True,
         )
 
     # ---- turning LlamaIndex inputs into engine arguments ----------------------------------------
@@ -196,8 +202,66 @@ class DeALLLM(frontend.SearchSettings, CustomLLM):
         out = []
         for m in messages:
             role = m.role.value if hasattr(m.role, "value") else str(m.role)
-            out.append({"role": _ROLE_MAP.get(role, role), "content": m.content or ""})
+            role = _ROLE_MAP.get(role, role)
+            content = m.content or ""
+            calls = m.additional_kwargs.get("tool_calls") if role == "assistant" else None
+            if calls:  # the model sees its own earlier calls, as it wrote them
+                content = "\n".join(p for p in (content, render_tool_calls(calls)) if p)
+            elif role == "tool":
+                content = render_tool_result(content)
+            out.append({"role": role, "content": content})
         return out
+
+    # ---- function calling ------------------------------------------------------------------------
+    def _prepare_chat_with_tools(self, tools: Sequence[Any], user_msg: str | ChatMessage | None = None,
+                                 chat_history: list[ChatMessage] | None = None, verbose: bool = False,
+                                 allow_parallel_tool_calls: bool = False, tool_required: bool = False,
+                                 tool_choice: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Messages plus the tools as OpenAI dicts; ``tool_required`` forces a call (one per answer)."""
+        messages = list(chat_history or [])
+        if user_msg is not None:
+            messages.append(user_msg if isinstance(user_msg, ChatMessage) else ChatMessage(role="user", content=user_msg))
+        specs = [t.metadata.to_openai_tool() if hasattr(t, "metadata") else t for t in tools]
+        choice = tool_choice or ("required" if tool_required else "auto")
+        return {"messages": messages, "tools": specs, "tool_choice": choice, **kwargs}
+
+    def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True,
+                                     **kwargs: Any) -> list[ToolSelection]:
+        calls = response.message.additional_kwargs.get("tool_calls") or []
+        if not calls and error_on_no_tool_call:
+            raise ValueError(f"expected at least one tool call in the response, got: {response.message.content!r}")
+        return [ToolSelection(tool_id=c["id"], tool_name=c["name"], tool_kwargs=c["arguments"]) for c in calls]
+
+    def _tool_call(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> tuple[Prompt, dict[str, Any], bool]:
+        """(prompt, remaining kwargs, tools bound?) -- tools become a system note plus a grammar."""
+        kwargs = dict(kwargs)
+        tools, choice = kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
+        prompt = self._chat_prompt(messages)
+        if not tools:
+            return prompt, kwargs, False
+        specs = [ToolSpec.from_openai(t) for t in tools]
+        choice = {"required": "any", None: "auto"}.get(choice, choice)
+        fmt = tool_call_format(specs, choice)
+        if fmt is not None:
+            kwargs["response_format"] = fmt
+            note = tools_prompt(specs, choice)
+            if isinstance(prompt, list) and prompt and prompt[0]["role"] == "system":
+                prompt = [{"role": "system", "content": f"{prompt[0]['content']}\n\n{note}"}] + prompt[1:]
+            elif isinstance(prompt, list):
+                prompt = [{"role": "system", "content": note}] + prompt
+            else:
+                prompt = f"{note}\n\n{prompt}"
+        return prompt, kwargs, True
+
+    @staticmethod
+    def _with_calls(response: ChatResponse) -> ChatResponse:
+        """The answer's tool calls moved from its text into ``additional_kwargs["tool_calls"]``."""
+        content, calls = parse_tool_calls(response.message.content or "")
+        response.message.content = content
+        response.message.additional_kwargs["tool_calls"] = [
+            {"id": f"call_{uuid.uuid4().hex[:24]}", **c} for c in calls]
+        response.delta = content
+        return response
 
     # ---- turning engine results into LlamaIndex responses ------------------------------------------
     def _response(self, prompt: Prompt, result: Any, config: SearchConfig) -> CompletionResponse:
@@ -252,20 +316,36 @@ class DeALLLM(frontend.SearchSettings, CustomLLM):
     # ---- chat (through the model's chat template) -------------------------------------------------
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return _chat_response(self._search(self._chat_prompt(messages), kwargs))
+        prompt, kwargs, tools = self._tool_call(messages, kwargs)
+        response = _chat_response(self._search(prompt, kwargs))
+        return self._with_calls(response) if tools else response
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        completions = self._stream(self._chat_prompt(messages), kwargs)
+        prompt, kwargs, tools = self._tool_call(messages, kwargs)
+        if tools:  # a tool call is only meaningful whole: one response (a generator, as callbacks expect)
+            response = self._with_calls(_chat_response(self._search(prompt, kwargs)))
+            return (r for r in [response])
+        completions = self._stream(prompt, kwargs)
         return (_chat_response(c) for c in completions)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return _chat_response(await self._asearch(self._chat_prompt(messages), kwargs))
+        prompt, kwargs, tools = self._tool_call(messages, kwargs)
+        response = _chat_response(await self._asearch(prompt, kwargs))
+        return self._with_calls(response) if tools else response
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        completions = await self._astream(self._chat_prompt(messages), kwargs)
+        prompt, kwargs, tools = self._tool_call(messages, kwargs)
+        if tools:
+            response = self._with_calls(_chat_response(await self._asearch(prompt, kwargs)))
+
+            async def one() -> ChatResponseAsyncGen:
+                yield response
+
+            return one()
+        completions = await self._astream(prompt, kwargs)
 
         async def gen() -> ChatResponseAsyncGen:
             async for c in completions:

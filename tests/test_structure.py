@@ -176,3 +176,31 @@ def test_real_model_extracts_valid_json(engine):
                                                response_format=Contact))
     contact = Contact.model_validate_json(result.text)
     assert contact.name == "Maria Lopez" and contact.age == 34 and contact.city == "Madrid"
+
+
+def test_tool_grammar_cannot_produce_an_unknown_tool_or_bad_arguments(tiny):
+    from deal_core.structure import build_constraint
+    from deal_core.structure.tools import ToolSpec, parse_tool_calls, render_tool_calls, tool_call_format
+
+    tools = [ToolSpec("add", "Add.", {"type": "object", "properties": {"a": {"type": "integer"},
+                                                                       "b": {"type": "integer"}},
+                                      "required": ["a", "b"]}),
+             ToolSpec("get_weather", "Weather.", {"type": "object", "properties": {"city": {"type": "string"}},
+                                                  "required": ["city"]})]
+    c = build_constraint(tool_call_format(tools, "any"), tiny.tokenizer, tiny.model.config.vocab_size,
+                         {tiny.tokenizer.eos_token_id}, 64)
+
+    def ids(text):
+        return tiny.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    good = render_tool_calls([{"name": "add", "arguments": {"a": 1, "b": 2}}])
+    assert c.is_complete(ids(good))
+    assert parse_tool_calls(good) == ("", [{"name": "add", "arguments": {"a": 1, "b": 2}}])
+    assert not c.can_close(ids('<tool_call>\n{"name": "refund"'))  # not a bound tool
+    assert not c.can_close(ids('<tool_call>\n{"name": "add", "arguments": {"a": "x'))  # a is an integer
+    assert not c.can_close(ids("Sure, the answer is"))  # "any": text is not allowed
+    auto = build_constraint(tool_call_format(tools, "auto"), tiny.tokenizer, tiny.model.config.vocab_size,
+                            {tiny.tokenizer.eos_token_id}, 64)
+    assert auto.is_complete(ids("Sure, the answer is 3."))
+    with pytest.raises(ConfigError, match="refund"):
+        tool_call_format(tools, "refund")
