@@ -247,9 +247,9 @@ def report(write: bool) -> str:
             continue
         n = len(rs)
 
-        def acc(sel):
-            sel = [r for r in rs if sel(r)]
-            return sum(r["fields_correct"] for r in sel) / max(sum(r["fields"] for r in sel), 1)
+        def acc(keep, rs=rs):
+            chosen = [r for r in rs if keep(r)]
+            return sum(r["fields_correct"] for r in chosen) / max(sum(r["fields"] for r in chosen), 1)
 
         lines.append(f"| {method} | {n} | {sum(r['valid_json'] for r in rs) / n:.0%} | "
                      f"{sum(r['schema_valid'] for r in rs) / n:.0%} | {acc(lambda r: True):.3f} | "
