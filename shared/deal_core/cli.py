@@ -241,6 +241,7 @@ def generate(
     base_url: Annotated[Optional[str], typer.Option(help="Search on an OpenAI-compatible server (vllm serve ...) at this API root, e.g. http://127.0.0.1:8000/v1; --model is the served name.")] = None,
     api_key: Annotated[Optional[str], typer.Option(envvar="DEAL_API_KEY", help="Bearer token for --base-url (env DEAL_API_KEY).")] = None,
     tokenizer: Annotated[Optional[str], typer.Option(help="With --base-url: the served model's tokenizer (local dir or HF id).")] = None,
+    backend: Annotated[str, typer.Option(help="hf (transformers, default) or vllm (vLLM in this process).")] = "hf",
     compare_greedy: Annotated[bool, typer.Option("--compare-greedy", help="Also decode greedily and show both.")] = False,
     trace: Annotated[list[Path], typer.Option(metavar="FILE", help="Write the search tree: a .html, .png or .json file; repeatable.")] = [],  # noqa: B006
     top_n: Annotated[int, typer.Option(help="Candidates drawn per step in --trace pictures.")] = 5,
@@ -254,7 +255,7 @@ def generate(
 
 def _generate(*, prompt: str, keywords, length, rubric, fluency, weight, beam_width, top_k, lookahead,
               commit_tokens, max_new_tokens, reward_scale, stop, alignment_prompt, seed, raw, model,
-              device, base_url, api_key, tokenizer, compare_greedy, trace, top_n, as_json,
+              device, backend, base_url, api_key, tokenizer, compare_greedy, trace, top_n, as_json,
               progress) -> None:
     from .config import SearchConfig, make_config
     from .engine import get_engine
@@ -287,11 +288,15 @@ def _generate(*, prompt: str, keywords, length, rubric, fluency, weight, beam_wi
         engine = get_engine(None if model == "embedded" else model, base_url=base_url, api_key=api_key,
                             tokenizer=tokenizer)
     else:
-        engine = get_engine(None if model == "embedded" else model, device)
+        if backend not in ("hf", "vllm"):
+            raise ConfigError(f"--backend {backend}: use hf or vllm")
+        engine = get_engine(None if model == "embedded" else model, device, backend=backend)
     if fluency is not None:
         from .rewards.fluency import FluencyReward
 
-        rewards.append((FluencyReward(engine), fluency))  # judged by the LM the search runs
+        # Judged by the LM the search runs (on vLLM: the same weights, loaded by transformers).
+        judge_lm = engine if backend == "hf" else (None if model == "embedded" else model)
+        rewards.append((FluencyReward(judge_lm), fluency))
     result = _run_with_progress(engine, the_prompt, rewards, config, show=show)
 
     greedy = None
