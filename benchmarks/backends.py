@@ -42,6 +42,32 @@ def _timed(fn):
     return out, time.perf_counter() - w0, time.process_time() - c0
 
 
+def _bench(name: str, prompts: list, jobs: list, deal: dict, greedy, callers_list: list[int]) -> tuple[dict, list]:
+    """One backend's figures, and its outputs at the first caller count (to compare with hf's)."""
+    from deal_core import SearchConfig, get_engine
+
+    kwargs = dict(enforce_eager=True, max_model_len=1024) if name == "vllm" else {}
+    engine, load_s, _ = _timed(lambda: get_engine(None, "cpu", backend=name, **kwargs))
+    engine.search(prompts[0], config=SearchConfig.greedy(4))  # warm-up
+    row: dict = {"load_s": round(load_s, 1)}
+    outputs: list = []
+
+    def run(callers: int) -> list:
+        with ThreadPoolExecutor(callers) as pool:
+            return list(pool.map(lambda job: engine.search(job[0], job[1], deal[1]), jobs))
+
+    for callers in callers_list:
+        results, wall, cpu = _timed(lambda: run(callers))  # noqa: B023 -- called at once
+        outputs = outputs or [r.token_ids for r in results]
+        row[f"callers_{callers}"] = {"searches_per_s": len(jobs) / wall, "wall_s": wall, "cpu_s": cpu}
+    for c in (1, 4):
+        _, g_wall, g_cpu = _timed(lambda: engine.search(prompts[0], config=greedy))
+        _, d_wall, d_cpu = _timed(lambda: engine.search(*jobs[0], deal[c]))  # noqa: B023 -- called at once
+        row[f"deal_over_greedy_commit{c}"] = {"ratio": d_wall / g_wall, "deal_wall_s": d_wall,
+                                              "greedy_wall_s": g_wall, "deal_cpu_s": d_cpu, "greedy_cpu_s": g_cpu}
+    return row, outputs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, required=True)
@@ -52,7 +78,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    from deal_core import KeywordReward, SearchConfig, get_engine, make_config
+    from deal_core import KeywordReward, SearchConfig, make_config
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     sets = _sets(args.data, args.prompts)
@@ -65,23 +91,7 @@ def main() -> None:
                     "prompts": len(jobs), "max_new_tokens": n, "backends": {}}
     outputs: dict[str, list] = {}
     for name in args.backends.split(","):
-        kwargs = dict(enforce_eager=True, max_model_len=1024) if name == "vllm" else {}
-        engine, load_s, _ = _timed(lambda: get_engine(None, "cpu", backend=name, **kwargs))
-        engine.search(prompts[0], config=SearchConfig.greedy(4))  # warm-up
-        row: dict = {"load_s": round(load_s, 1)}
-        for callers in [int(c) for c in args.callers.split(",")]:
-            def run(callers=callers):
-                with ThreadPoolExecutor(callers) as pool:
-                    return list(pool.map(lambda job: engine.search(job[0], job[1], deal[1]), jobs))
-            results, wall, cpu = _timed(run)
-            outputs.setdefault(name, [r.token_ids for r in results])
-            row[f"callers_{callers}"] = {"searches_per_s": len(jobs) / wall, "wall_s": wall, "cpu_s": cpu}
-        for c in (1, 4):
-            _, g_wall, g_cpu = _timed(lambda: engine.search(prompts[0], config=greedy))
-            _, d_wall, d_cpu = _timed(lambda c=c: engine.search(*jobs[0], deal[c]))
-            row[f"deal_over_greedy_commit{c}"] = {"ratio": d_wall / g_wall, "deal_wall_s": d_wall,
-                                                  "greedy_wall_s": g_wall, "deal_cpu_s": d_cpu,
-                                                  "greedy_cpu_s": g_cpu}
+        row, outputs[name] = _bench(name, prompts, jobs, deal, greedy, [int(c) for c in args.callers.split(",")])
         report["backends"][name] = row
         print(name, json.dumps(row, indent=1), flush=True)
     base = outputs.get("hf")
