@@ -20,6 +20,7 @@ import threading
 import time
 
 import pytest
+
 from deal_core import (
     ConfigError,
     KeywordReward,
@@ -41,6 +42,16 @@ SMALL = dict(beam_width=2, top_k=2, lookahead=2, max_new_tokens=4)
 WORDS = [["dog", "frisbee", "catch"], ["snow", "mountain", "ski"], ["cook", "kitchen", "soup"],
          ["river", "boat", "fish"], ["guitar", "stage", "sing"], ["book", "read", "library"],
          ["rain", "umbrella", "walk"], ["ball", "kick", "goal"]]
+
+
+def longer(prompt: str, text: str) -> float:
+    """Longer is better: keeps a search going (with propose_eos=False) until max_new_tokens."""
+    return len(text) / 100
+
+
+#: A search that runs for a while (several seconds even on an idle machine).
+LONG = dict(beam_width=2, top_k=4, lookahead=8, max_new_tokens=300, propose_eos=False)
+STORY = [{"role": "user", "content": "Tell me a long story about a dragon."}]
 
 
 def rewards_for(words: list[str]) -> list:
@@ -108,10 +119,10 @@ def test_bad_reward_fails_only_its_request(remote):
     def broken(prompt: str, text: str) -> float:
         raise ValueError("database is down")
 
-    before = remote.search("Name a colour.", [KeywordReward(["red"])], SMALL).text
+    before = remote.search(keyword_prompt(WORDS[0]), [KeywordReward(WORDS[0])], SMALL).text
     with pytest.raises(RewardError, match="database is down"):
-        remote.search("Name a colour.", [broken], SMALL)
-    assert remote.search("Name a colour.", [KeywordReward(["red"])], SMALL).text == before
+        remote.search(keyword_prompt(WORDS[0]), [broken], SMALL)
+    assert remote.search(keyword_prompt(WORDS[0]), [KeywordReward(WORDS[0])], SMALL).text == before
 
 
 def test_unknown_model_lists_served_ones(vllm_server):
@@ -149,39 +160,50 @@ def test_tokenizer_mismatch_is_a_config_error(vllm_server):
 def test_timeout_is_honoured_while_a_request_is_in_flight(remote):
     start = time.perf_counter()
     with pytest.raises(SearchTimeout):
-        remote.search("Tell me a long story.", None, dict(beam_width=4, top_k=4, lookahead=32,
-                                                          max_new_tokens=200, timeout=0.3))
+        remote.search(STORY, [longer], dict(LONG, timeout=0.3))
     assert time.perf_counter() - start < 3.0  # not "after the step in flight, whenever it ends"
 
 
 async def test_cancellation_is_honoured(remote):
-    before = (await remote.asearch("Name a colour.", None, SMALL)).text
-    task = asyncio.create_task(remote.asearch("Tell me a long story.", None,
-                                              dict(beam_width=4, top_k=4, lookahead=32, max_new_tokens=200)))
+    before = (await remote.asearch(keyword_prompt(WORDS[1]), [KeywordReward(WORDS[1])], SMALL)).text
+    task = asyncio.create_task(remote.asearch(STORY, [longer], LONG))
     await asyncio.sleep(0.5)
     task.cancel()
     start = time.perf_counter()
     with pytest.raises((asyncio.CancelledError, SearchCancelled)):
         await task
     assert time.perf_counter() - start < 3.0
-    assert (await remote.asearch("Name a colour.", None, SMALL)).text == before  # the engine is fine
+    after = await remote.asearch(keyword_prompt(WORDS[1]), [KeywordReward(WORDS[1])], SMALL)
+    assert after.text == before  # the engine is fine
 
 
 def test_server_killed_mid_search_then_back(vllm_server, remote):
     """Runs last in this file: it kills the session server and starts it again."""
     if vllm_server.proc is None:
         pytest.skip("the server was started outside this session (DEAL_TEST_VLLM_PORT): not ours to kill")
-    before = remote.search("Name a colour.", None, SMALL).text
-    stream = remote.stream("Tell me a long story about a dragon.", None,
-                           dict(beam_width=2, top_k=4, lookahead=8, max_new_tokens=200))
-    next(stream)  # the search is under way (a step came back)
+    before = remote.search(keyword_prompt(WORDS[2]), [KeywordReward(WORDS[2])], SMALL).text
+    client = remote.backend.client
+    sent = client.requests
+    errors: list[BaseException] = []
+
+    def long_search() -> None:
+        try:
+            remote.search(STORY, [longer], LONG)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            errors.append(exc)
+
+    thread = threading.Thread(target=long_search)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while client.requests - sent < 3 and time.monotonic() < deadline:  # the search is under way
+        time.sleep(0.02)
+    assert thread.is_alive()
     vllm_server.kill()
     start = time.perf_counter()
-    with pytest.raises(ServerUnavailable, match="stop or restart|cannot reach"):
-        for _ in stream:
-            pass
-    assert time.perf_counter() - start < 30
-    with pytest.raises(ServerUnavailable):  # still down: a new search fails fast and clearly
-        remote.search("Hello", None, dict(beam_width=1, top_k=2, lookahead=1, max_new_tokens=2))
+    thread.join(60)
+    assert not thread.is_alive() and time.perf_counter() - start < 30
+    assert len(errors) == 1 and isinstance(errors[0], ServerUnavailable), errors
+    with pytest.raises(ServerUnavailable, match="cannot reach"):  # still down: a new search fails fast
+        remote.search(keyword_prompt(WORDS[2]), None, SMALL)
     vllm_server.start()
-    assert remote.search("Name a colour.", None, SMALL).text == before
+    assert remote.search(keyword_prompt(WORDS[2]), [KeywordReward(WORDS[2])], SMALL).text == before
