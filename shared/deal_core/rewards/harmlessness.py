@@ -291,15 +291,6 @@ def fit_head(q: torch.Tensor, better: torch.Tensor, worse: torch.Tensor, *, rank
     return head.eval()
 
 
-def _accuracy(head: BilinearHead, triples: Sequence[Triple]) -> float:
-    if not triples:
-        return float("nan")
-    q, a, b = (encode_texts([t[i] for t in triples]) for i in range(3))
-    with torch.no_grad():
-        return float((head(q, a) > head(q, b)).float().mean())
-
-
-
 Pair = Union[Sequence[str], Mapping[str, str]]
 """A training pair: ``(request, better reply, worse reply)`` or a mapping with ``prompt``,
 ``chosen`` and ``rejected`` (the shape :func:`load_pairs` returns)."""
