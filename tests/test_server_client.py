@@ -51,9 +51,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        pass  # the timeout tests hang up on a slow answer on purpose: no BrokenPipe traceback on stderr
+
+
 def _serve(**attrs) -> tuple[http.server.ThreadingHTTPServer, type]:
     handler = type("H", (_Handler,), dict(calls=0, **attrs))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _QuietServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, handler

@@ -114,7 +114,7 @@ class Logistic(torch.nn.Module):
         return model.eval()
 
     def to_json(self) -> dict[str, Any]:
-        return {"w": self.lin.weight[0].tolist(), "b": float(self.lin.bias[0])}
+        return {"w": self.lin.weight[0].detach().tolist(), "b": float(self.lin.bias[0].detach())}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Logistic:
