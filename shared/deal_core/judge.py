@@ -84,6 +84,18 @@ def build_judge_text(rubric: str, prompt: str, examples: Sequence[Example] = ())
     return "\n\n".join(parts)
 
 
+def answer_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
+    """Ids of the single-token spellings of ``words`` (bare and after a space): the answer tokens
+    whose probabilities a judge adds up. Shared by the local and the remote judge."""
+    ids: set[int] = set()
+    for w in words:
+        for form in (w, " " + w):
+            toks = tokenizer.encode(form, add_special_tokens=False)
+            if len(toks) == 1:
+                ids.add(toks[0])
+    return sorted(ids)
+
+
 class Judge:
     """A causal LM used as a yes/no judge. Share one per model with :func:`get_judge`."""
 
@@ -95,8 +107,8 @@ class Judge:
         self.batch_size = batch_size
         # Instruction-tuned judges get the chat template; base models read plain text.
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
-        self.yes_ids = self._spellings(("Yes", "yes", "YES"))
-        self.no_ids = self._spellings(("No", "no", "NO"))
+        self.yes_ids = answer_token_ids(self.tokenizer, ("Yes", "yes", "YES"))
+        self.no_ids = answer_token_ids(self.tokenizer, ("No", "no", "NO"))
         if not self.yes_ids or not self.no_ids:
             raise ModelLoadError(f"judge {self.name!r}: its tokenizer has no single-token Yes/No; "
                                  "pick another judge model")
@@ -109,14 +121,6 @@ class Judge:
         # would cost more than the whole transformer for a large-vocabulary judge (Gemma: 262k).
         self._keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
-    def _spellings(self, words: Sequence[str]) -> list[int]:
-        ids: set[int] = set()
-        for w in words:
-            for form in (w, " " + w):
-                toks = self.tokenizer.encode(form, add_special_tokens=False)
-                if len(toks) == 1:
-                    ids.add(toks[0])
-        return sorted(ids)
 
     # ---- text ------------------------------------------------------------------------------------
     def split(self, rubric: str, prompt: str, examples: Sequence[Example] = ()) -> tuple[str, str]:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ConfigError, ModelLoadError
-from .judge import _PLACEHOLDER, Example, build_judge_text, fence
+from .judge import _PLACEHOLDER, Example, answer_token_ids, build_judge_text, fence
 from .remote import VLLM_DEFAULT_MAX_LOGPROBS, ServerClient, get_client, load_tokenizer
 
 
@@ -48,21 +48,12 @@ class RemoteJudge:
         self.model = self.name = model
         self.tokenizer, _ = load_tokenizer(model, tokenizer, info.get("root"))
         self.chat = bool(getattr(self.tokenizer, "chat_template", None))
-        self.yes_ids = self._spellings(("Yes", "yes", "YES"))
-        self.no_ids = self._spellings(("No", "no", "NO"))
+        self.yes_ids = answer_token_ids(self.tokenizer, ("Yes", "yes", "YES"))
+        self.no_ids = answer_token_ids(self.tokenizer, ("No", "no", "NO"))
         if not self.yes_ids or not self.no_ids:
             raise ModelLoadError(f"judge {model!r}: its tokenizer has no single-token Yes/No; pick another judge")
         self.logprobs = logprobs
         self.requests = 0  # completion requests sent (one per scored batch)
-
-    def _spellings(self, words: Sequence[str]) -> set[int]:
-        ids: set[int] = set()
-        for w in words:
-            for form in (w, " " + w):
-                toks = self.tokenizer.encode(form, add_special_tokens=False)
-                if len(toks) == 1:
-                    ids.add(toks[0])
-        return ids
 
     def rows(self, rubric: str, prompt: str, candidates: Sequence[str],
              examples: Sequence[Example] = ()) -> list[list[int]]:
