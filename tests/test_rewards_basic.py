@@ -116,6 +116,23 @@ def test_length_reward_judges_a_rollout_by_where_its_sentence_can_end():
         LengthReward(10, finish_words=-1)
 
 
+def test_length_reward_expects_a_new_sentence_as_long_as_the_finished_ones():
+    """Once the text has complete sentences, starting another one that cannot end in the band is
+    scored as the overshoot it heads for -- while ending at the sentence end before it is not -- so a
+    search ends near the target instead of writing on into a sentence it cannot finish in time."""
+    lr = LengthReward(20)  # band 18..22
+    first = " ".join(["w"] * 15) + "."
+    going = first + " And then"  # 17 words, a second ~15-word sentence under way: ~30
+    assert lr.expected_words(going) == 15 + 15
+    assert lr.score_ended("", [going], [False]) == pytest.approx(lr.score("", ["w " * 30]))
+    assert lr.score_ended("", [first], [True])[0] > lr.score_ended("", [going], [False])[0]
+    # Short sentences: the next one fits, so the rollout is not penalised.
+    short = "w w w. w w w. w w w. w w w. w w w. w w w. w"
+    assert lr.score_ended("", [short], [False]) == [1.0]
+    # Off: only finish_words (the behaviour before), 17 + 3 = 20 is in the band.
+    assert LengthReward(20, sentence_estimate=False).score_ended("", [going], [False]) == [1.0]
+
+
 def test_repetition_reward_penalises_repeated_ngrams():
     from deal_core import RepetitionReward
     from deal_core.rewards.repetition import repeated_ngrams

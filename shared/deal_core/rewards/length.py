@@ -10,6 +10,8 @@ from .base import Reward
 from .inflection import words
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s*$")
+#: A sentence end inside a text (punctuation, closing quotes/brackets, then space).
+_SENTENCE_BREAK = re.compile(r"[.!?][\"')\]]*\s+")
 
 
 class LengthReward(Reward):
@@ -25,16 +27,22 @@ class LengthReward(Reward):
     *expected* length: a rollout that stops mid-sentence will need about ``finish_words`` more words
     to end cleanly, so one that would pass the band that way is already scored as the overshoot it
     is heading for -- the search closes the sentence near the target instead of discovering the
-    overshoot once every rollout is past the band (``finish_words=0`` turns this off). Complete texts
-    get their true distance. With the
-    "end here" candidates the search adds, the text ends inside the band.
+    overshoot once every rollout is past the band (``finish_words=0`` turns this off). Once the text
+    has complete sentences, the sentence under way is expected to be about as long as they were
+    on average (``sentence_estimate``, on by default): a rollout that starts a sentence which
+    cannot end inside the band scores as that overshoot *at the sentence start*, so the search
+    prefers to end at the sentence end before it (an "end here" candidate) -- where the LM would
+    otherwise write on, mid-sentence, past a point where ending costs more log-probability than the
+    reward can pay. Complete texts get their true distance. With the "end here" candidates the
+    search adds, the text ends inside the band.
     """
 
     low, high = 0.0, 1.0
     end_aware = True
 
     def __init__(self, target_words: int, tolerance: float = 0.1, *, falloff: float | None = None,
-                 finish_words: int = 3, tail: float = 0.2, name: str = "length") -> None:
+                 finish_words: int = 3, tail: float = 0.2, sentence_estimate: bool = True,
+                 name: str = "length") -> None:
         if target_words < 1:
             raise ValueError("LengthReward target_words must be >= 1")
         if not 0 <= tolerance < 1:
@@ -46,7 +54,7 @@ class LengthReward(Reward):
         self.target_words, self.tolerance, self.name = target_words, tolerance, name
         if not 0 <= tail <= 1:
             raise ValueError("LengthReward tail is a share of the score in [0, 1]")
-        self.finish_words, self.tail = finish_words, tail
+        self.finish_words, self.tail, self.sentence_estimate = finish_words, tail, sentence_estimate
         # Whole words the count may be off by and still be in the band (+-10% of 18 words: 1).
         self.slack = math.floor(tolerance * target_words + 1e-9)
         self.falloff = float(falloff) if falloff is not None else float(max(1, self.slack))
@@ -62,9 +70,21 @@ class LengthReward(Reward):
         return [self._exact(len(words(text))) for text in candidates]
 
     def expected_words(self, text: str) -> int:
-        """Words a rollout that is still going will have at least when it ends cleanly."""
+        """Words a rollout that is still going will have when it ends cleanly: its words now, plus
+        ``finish_words`` if it stops mid-sentence -- or, once it has complete sentences (and
+        ``sentence_estimate``), what the sentence under way needs to reach their mean length."""
         n = len(words(text))
-        return n if _SENTENCE_END.search(text) else n + self.finish_words
+        if _SENTENCE_END.search(text):
+            return n
+        extra = self.finish_words
+        if self.sentence_estimate and self.finish_words:
+            parts = _SENTENCE_BREAK.split(text.strip())
+            done = [len(words(s)) for s in parts[:-1]]
+            done = [d for d in done if d]
+            if done:  # the sentence under way: about as long as the finished ones, on average
+                current = len(words(parts[-1]))
+                extra = max(extra, round(sum(done) / len(done)) - current)
+        return n + extra
 
     def score_ended(self, prompt: str, candidates: Sequence[str], ended: Sequence[bool]) -> list[float]:
         top = self.target_words + self.slack
