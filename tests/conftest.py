@@ -41,6 +41,7 @@ SLOW_WITHOUT_REAL_MODEL = {
     "test_cli.py::test_usage_and_load_errors_are_one_line",
     "test_cli.py::test_errors_are_one_line_and_nonzero",
     "test_rewards_harmlessness.py::",
+    "test_harmless_two_part.py::test_refusal_wins_only_for_harmful_requests",  # trains a head
     "test_llamaindex_rag.py::",
     "test_search_equivalence.py::",
     "test_end_candidates.py::",
@@ -61,11 +62,22 @@ SLOW_WITHOUT_REAL_MODEL = {
 }
 
 
+#: Fixtures that hold a real model (or a real server): a test that asks for one is slow. ``small_lm``
+#: is slow only for its vLLM parameter (its hf one is the tiny model).
+SLOW_FIXTURES = {"engine", "lm", "vllm_engine", "vllm_server"}
+
+
+def _uses_real_model(item: pytest.Item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    return bool(fixtures & SLOW_FIXTURES) or params.get("small_lm") == "vllm"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         name = item.nodeid.split("/")[-1]
-        if "engine" in getattr(item, "fixturenames", ()) or any(
-                name.startswith(s) for s in SLOW_WITHOUT_REAL_MODEL):
+        if _uses_real_model(item) or any(name.startswith(s) for s in SLOW_WITHOUT_REAL_MODEL):
             item.add_marker(pytest.mark.slow)
 
 

@@ -55,6 +55,7 @@ def test_a_reward_that_searches_on_the_same_engine_does_not_deadlock(small):
 
 def test_a_nested_search_from_a_thread_the_scheduler_cannot_see_is_admitted_after_a_stall(small):
     """A reward that searches from its own thread carries no context: the stall rule admits it."""
+    small.scheduler.stall_admit_s = 0.1  # the rule, not its default patience (1 s per stalled step)
 
     def nested_in_thread(prompt, texts):
         box = {}

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -166,6 +167,14 @@ class _Counted(Reward):
         return self._inner.identity()
 
 
+@dataclass
+class _Agreed:
+    """What the progress line shows: the text every live beam agrees on, and its length in tokens."""
+
+    text: str = ""
+    tokens: int = 0
+
+
 def _run_with_progress(engine, prompt: Any, rewards: list[tuple[Any, float]], config, *,
                        show: bool, console: Any = None) -> Any:
     """Search; while it runs, show tokens agreed / max, candidates scored and elapsed time.
@@ -183,13 +192,13 @@ def _run_with_progress(engine, prompt: Any, rewards: list[tuple[Any, float]], co
     counter = [0]
     # Only the first reward counts: every reward sees the same candidates each step.
     counted = [(_Counted(r, counter), w) if i == 0 else (r, w) for i, (r, w) in enumerate(rewards)]
-    state = {"text": "", "tokens": 0}
+    state = _Agreed()
     t0 = time.perf_counter()
 
     def line() -> Text:
-        tail = state["text"].replace("\n", " ")[-60:]
+        tail = state.text.replace("\n", " ")[-60:]
         scored = f"{counter[0]} candidates scored" if rewards else "no rewards"
-        return Text.assemble(("DeAL ", "bold"), f"{state['tokens']}/{config.max_new_tokens} tokens agreed · ",
+        return Text.assemble(("DeAL ", "bold"), f"{state.tokens}/{config.max_new_tokens} tokens agreed · ",
                              f"{scored} · {time.perf_counter() - t0:5.1f}s  ", (tail, "dim"))
 
     console = console or Console(stderr=True)
@@ -206,8 +215,8 @@ def _run_with_progress(engine, prompt: Any, rewards: list[tuple[Any, float]], co
         try:
             for item in engine.stream_events(prompt, counted, config):
                 if isinstance(item, str):
-                    state["text"] += item
-                    state["tokens"] = len(engine.tokenizer(state["text"], add_special_tokens=False)["input_ids"])
+                    state.text += item
+                    state.tokens = len(engine.tokenizer(state.text, add_special_tokens=False)["input_ids"])
                     live.update(line())
                 else:
                     result = item
@@ -495,16 +504,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(1)
     except _usage_errors() as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # `deal` / `deal generate` alone: the help
-            typer.echo(exc.format_message(), err=True)
+            typer.echo(_usage_message(exc), err=True)
         else:
             ctx = getattr(exc, "ctx", None)
             where = f"{ctx.command_path} --help" if ctx is not None else "deal --help"
-            typer.echo(f"deal: error: {_one_line(exc.format_message())} (see {where})", err=True)
+            typer.echo(f"deal: error: {_one_line(_usage_message(exc))} (see {where})", err=True)
         sys.exit(getattr(exc, "exit_code", 2))
     except typer.Abort:
         typer.echo("deal: aborted", err=True)
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _usage_message(exc: BaseException) -> str:
+    """A usage error's message (typer's and click's exceptions both have ``format_message()``)."""
+    format_message = getattr(exc, "format_message", None)
+    return str(format_message()) if callable(format_message) else str(exc)
 
 
 def _usage_errors() -> tuple[type[BaseException], ...]:

@@ -7,10 +7,12 @@ LangChain and the LlamaIndex front ends do, so a model is loaded once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -134,9 +136,9 @@ class Engine:
 
     def _submit(self, prompts: Sequence[Prompt], rewards: RewardSpec | None,
                 config: SearchConfig | dict[str, Any] | None, overrides: dict[str, Any],
-                sinks: Sequence[Callable[[Event], None]], cancel: threading.Event | None = None) -> list[Ticket]:
+                sink: Callable[[tuple[int, Event]], None], cancel: threading.Event | None = None) -> _Fold:
         """Validate everything (bad input raises here, before any work starts), then queue one
-        ticket per prompt; ``sinks[i]`` receives prompt ``i``'s events."""
+        ticket per prompt; ``sink`` receives ``(i, event)`` for prompt ``i``'s events."""
         cfg = make_config(config, **overrides)
         reward_set = RewardSet.from_spec(rewards)
         if not prompts:
@@ -149,10 +151,10 @@ class Engine:
         scheduler.check(cfg)
         prepared = [prepare_prompt(self.tokenizer, self.backend, p, alignment_prompt=cfg.alignment_prompt,
                                    max_new_tokens=cfg.max_new_tokens) for p in prompts]
-        tickets = [Ticket(scheduler.new_state(p, reward_set, cfg), sink, cancel)
-                   for p, sink in zip(prepared, sinks)]
+        tickets = [Ticket(scheduler.new_state(p, reward_set, cfg), functools.partial(_tagged, sink, i), cancel)
+                   for i, p in enumerate(prepared)]
         scheduler.submit(tickets)
-        return tickets
+        return _Fold(tickets)
 
     def search(self, prompt: Prompt, rewards: RewardSpec | None = None,
                config: SearchConfig | dict[str, Any] | None = None, **overrides: Any) -> SearchResult:
@@ -170,38 +172,22 @@ class Engine:
         """
         if isinstance(prompts, str):
             raise ConfigError("search_batch takes a list of prompts; use search() for one prompt")
-        prompts = list(prompts)
         events: queue.SimpleQueue[tuple[int, Event]] = queue.SimpleQueue()
-        tickets = self._submit(prompts, rewards, config, overrides,
-                               [lambda e, i=i: events.put((i, e)) for i in range(len(prompts))], cancel)
-        bar = _progress_bar(progress, tickets[0].state.config.max_new_tokens)
-        results: dict[int, SearchResult] = {}
-        tokens = [0] * len(tickets)
+        fold = self._submit(list(prompts), rewards, config, overrides, events.put, cancel)
+        bar = _progress_bar(progress, fold.tickets[0].state.config.max_new_tokens)
         try:
-            while len(results) < len(tickets):
-                try:
-                    i, event = events.get(timeout=0.5)  # a timeout keeps Ctrl-C responsive
-                except queue.Empty:
-                    continue
-                if isinstance(event, Failed):
-                    raise event.error
-                if isinstance(event, Done):
-                    results[i] = event.result
-                    tokens[i] = tickets[i].state.config.max_new_tokens
-                else:
-                    tokens[i] = event.tokens
-                if bar is not None:
-                    bar.n = min(tokens)
-                    bar.refresh()
-            return [results[i] for i in range(len(tickets))]
+            with contextlib.closing(_texts(fold, events)) as texts:
+                for _ in texts:
+                    if bar is not None:
+                        bar.n = min(fold.tokens)
+                        bar.refresh()
+            return fold.ordered()
         finally:
-            for t in tickets:  # on error or interrupt, free the rest at once
-                t.cancel()
             if bar is not None:
                 bar.close()
 
     def stream(self, prompt: Prompt, rewards: RewardSpec | None = None,
-               config: SearchConfig | dict[str, Any] | None = None, **overrides: Any) -> Iterator[str]:
+               config: SearchConfig | dict[str, Any] | None = None, **overrides: Any) -> TextStream:
         """Yield text as it becomes final (the part every surviving beam agrees on).
 
         The chunks concatenate to ``search(...).text``. The final :class:`SearchResult` is the
@@ -209,9 +195,9 @@ class Engine:
         Closing the iterator (or dropping it) cancels the search at its next step.
         """
         # Validate and submit now: bad input raises at the call, and the search starts at once.
-        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        ticket = self._submit([prompt], rewards, config, overrides, [events.put])[0]
-        return _TextStream(ticket, events)
+        events: queue.SimpleQueue[tuple[int, Event]] = queue.SimpleQueue()
+        fold = self._submit([prompt], rewards, config, overrides, events.put)
+        return TextStream(fold, _texts(fold, events))
 
     def stream_events(self, prompt: Prompt, rewards: RewardSpec | None = None,
                       config: SearchConfig | dict[str, Any] | None = None,
@@ -237,90 +223,128 @@ class Engine:
                             **overrides: Any) -> list[SearchResult]:
         if isinstance(prompts, str):
             raise ConfigError("asearch_batch takes a list of prompts; use asearch() for one prompt")
-        prompts = list(prompts)
         events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
-        sink = _loop_sink(events)
-        tickets = self._submit(prompts, rewards, config, overrides,
-                               [lambda e, i=i: sink((i, e)) for i in range(len(prompts))])
-        results: dict[int, SearchResult] = {}
-        try:
-            while len(results) < len(tickets):
-                i, event = await events.get()
-                if isinstance(event, Failed):
-                    raise event.error
-                if isinstance(event, Done):
-                    results[i] = event.result
-            return [results[i] for i in range(len(tickets))]
-        finally:  # also on CancelledError: the rows are freed at the next step
-            for t in tickets:
-                t.cancel()
+        fold = self._submit(list(prompts), rewards, config, overrides, _loop_sink(events))
+        async with contextlib.aclosing(_atexts(fold, events)) as texts:
+            async for _ in texts:
+                pass
+        return fold.ordered()
 
     async def astream(self, prompt: Prompt, rewards: RewardSpec | None = None,
                       config: SearchConfig | dict[str, Any] | None = None,
-                      **overrides: Any) -> AsyncIterator[str]:
+                      **overrides: Any) -> AsyncGenerator[str, None]:
         """Async :meth:`stream`; stopping the iteration (or cancelling the task) cancels the search."""
-        events = self.astream_events(prompt, rewards, config, **overrides)
-        try:
-            async for item in events:
+        async with contextlib.aclosing(self.astream_events(prompt, rewards, config, **overrides)) as events:
+            async for item in events:  # closing `events` now (not whenever it is collected) cancels
                 if isinstance(item, str):
                     yield item
-        finally:  # close the inner stream now (not whenever it is collected): that cancels the search
-            await events.aclose()
 
     async def astream_events(self, prompt: Prompt, rewards: RewardSpec | None = None,
                              config: SearchConfig | dict[str, Any] | None = None,
-                             **overrides: Any) -> AsyncIterator[str | SearchResult]:
-        events: asyncio.Queue[Event] = asyncio.Queue()
-        ticket = self._submit([prompt], rewards, config, overrides, [_loop_sink(events)])[0]
-        try:
-            while True:
-                event = await events.get()
-                if isinstance(event, Failed):
-                    raise event.error
-                if isinstance(event, Done):
-                    yield event.result
-                    return
-                if event.text:
-                    yield event.text
-        finally:
-            ticket.cancel()
+                             **overrides: Any) -> AsyncGenerator[str | SearchResult, None]:
+        """Async :meth:`stream_events`: text deltas, then the final :class:`SearchResult`."""
+        events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        fold = self._submit([prompt], rewards, config, overrides, _loop_sink(events))
+        async with contextlib.aclosing(_atexts(fold, events)) as texts:
+            async for text in texts:
+                if text:
+                    yield text
+        yield fold.results[0]
 
 
-class _TextStream(Iterator[str]):
-    """A ticket's text deltas as an iterator; ``StopIteration.value`` is the result.
+# ---- events -> output: the one loop under every entry point above ------------------------------------
+class _Fold:
+    """What a submitted batch's events amount to, folded in one event at a time.
 
-    A class, not a generator: a generator that was never started runs no ``finally`` on close, and
-    an abandoned stream must still cancel its search.
+    Every way out of the engine (``search_batch``, ``stream`` and their async twins) runs this fold
+    over the tickets' events, through :func:`_texts` or its async twin :func:`_atexts` (they differ
+    only in how they wait): ``Failed`` raises its error, ``Delta`` is committed text (and progress),
+    ``Done`` records that prompt's result.
     """
 
-    def __init__(self, ticket: Ticket, events: queue.SimpleQueue) -> None:
-        self._ticket, self._events = ticket, events
-        self._result: SearchResult | None = None
-        self._closed = False
+    def __init__(self, tickets: list[Ticket]) -> None:
+        self.tickets = tickets
+        self.results: dict[int, SearchResult] = {}
+        self.tokens = [0] * len(tickets)  # tokens committed per prompt (the progress bar)
 
-    def __iter__(self) -> _TextStream:
+    @property
+    def finished(self) -> bool:
+        return len(self.results) == len(self.tickets)
+
+    def take(self, i: int, event: Event) -> str:
+        """Fold in prompt ``i``'s ``event``; returns the text it commits ('' for none)."""
+        if isinstance(event, Failed):
+            raise event.error
+        if isinstance(event, Done):
+            self.results[i] = event.result
+            self.tokens[i] = self.tickets[i].state.config.max_new_tokens
+            return ""
+        self.tokens[i] = event.tokens
+        return event.text
+
+    def ordered(self) -> list[SearchResult]:
+        return [self.results[i] for i in range(len(self.tickets))]
+
+    def cancel(self) -> None:
+        """Free every request's rows at its next step (no-op for finished ones)."""
+        for t in self.tickets:
+            t.cancel()
+
+
+def _texts(fold: _Fold, events: queue.SimpleQueue[tuple[int, Event]]) -> Generator[str, None, None]:
+    """The fold, waiting in this thread: each event's committed text ('' for none) until every
+    prompt is done. Leaving early (an error, Ctrl-C, ``close()``) cancels the rest."""
+    try:
+        while not fold.finished:
+            try:
+                item = events.get(timeout=0.5)  # a timeout keeps Ctrl-C responsive
+            except queue.Empty:
+                continue
+            yield fold.take(*item)
+    finally:
+        fold.cancel()
+
+
+async def _atexts(fold: _Fold, events: asyncio.Queue[tuple[int, Event]]) -> AsyncGenerator[str, None]:
+    """Async :func:`_texts`: the event loop stays free while it waits."""
+    try:
+        while not fold.finished:
+            yield fold.take(*await events.get())
+    finally:  # also on CancelledError: the rows are freed at the next step
+        fold.cancel()
+
+
+def _tagged(sink: Callable[[tuple[int, Event]], None], i: int, event: Event) -> None:
+    sink((i, event))
+
+
+class TextStream(Iterator[str]):
+    """What :meth:`Engine.stream` returns: the search's text deltas; ``StopIteration.value`` is the
+    result.
+
+    A class around the generator, not the generator itself: a generator that was never started runs
+    no ``finally`` on close, and an abandoned stream must still cancel its search.
+    """
+
+    def __init__(self, fold: _Fold, texts: Generator[str, None, None]) -> None:
+        self._fold, self._texts = fold, texts
+
+    def __iter__(self) -> TextStream:
         return self
 
     def __next__(self) -> str:
-        while not self._closed:
-            event = self._events.get()
-            if isinstance(event, Failed):
-                self._closed = True
-                raise event.error
-            if isinstance(event, Done):
-                self._closed, self._result = True, event.result
-                break
-            if event.text:
-                return event.text
-        raise StopIteration(self._result)
+        for text in self._texts:
+            if text:
+                return text
+        raise StopIteration(self._fold.results.get(0))
 
     def close(self) -> None:
         """Stop reading: the search is cancelled at its next step and its rows are freed."""
-        self._closed = True
-        self._ticket.cancel()
+        self._fold.cancel()
+        self._texts.close()
 
     def __del__(self) -> None:
-        self._ticket.cancel()
+        self._fold.cancel()
 
 
 def _loop_sink(events: asyncio.Queue) -> Callable[[Any], None]:

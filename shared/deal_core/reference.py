@@ -73,8 +73,9 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
         if constraint is not None:
             candidates = [h for h in candidates if structurally_valid(constraint, h)]
             if not finished and not candidates:
+                fmt = config.response_format
                 raise StructureError(f"no candidate can complete response_format "
-                                     f"{config.response_format.name!r} within max_new_tokens")
+                                     f"{fmt.name if fmt else None!r} within max_new_tokens")
         pool = finished + candidates
         survivors = [pool[i] for i in select(pool, lambda h: (h.score, h.logprob), config.beam_width)]
         finished = [h for h in survivors if h.finish is not None]

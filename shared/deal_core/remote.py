@@ -30,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -138,7 +138,7 @@ class ServerClient:
         return f"ServerClient({self.base_url!r})"
 
     # ---- running coroutines from any thread ---------------------------------------------------
-    def run(self, coro: Awaitable[T], *, deadline: float | None = None,
+    def run(self, coro: Coroutine[Any, Any, T], *, deadline: float | None = None,
             stop: Callable[[], bool] | None = None) -> T:
         """Run ``coro`` on the client's loop and wait for it in this thread.
 
@@ -147,7 +147,7 @@ class ServerClient:
         once (the connection goes back to the pool or is dropped), so a slow server never holds a
         search past its timeout.
         """
-        future = asyncio.run_coroutine_threadsafe(coro, self._runner.loop)  # type: ignore[arg-type]
+        future = asyncio.run_coroutine_threadsafe(coro, self._runner.loop)
         poll = 0.05 if stop is not None else None
         while True:
             wait = poll
@@ -187,10 +187,11 @@ class ServerClient:
         from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
         client = self._client()
-        assert self._sem is not None
+        sem = self._sem  # set with the client
+        assert sem is not None
 
         async def once() -> Any:
-            async with self._sem:
+            async with sem:
                 self.requests += 1
                 response = await client.request(method, url, json=json)
             if response.status_code == 429 or response.status_code >= 500:

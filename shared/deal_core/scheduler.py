@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import functools
 import queue
 import threading
 import time
@@ -32,7 +33,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 from pydantic import BaseModel
 
@@ -80,11 +81,11 @@ class Ticket:
         self._sink = sink
         self._external = cancel
         self._cancelled = False
-        self._scheduler: Scheduler | None = None
+        self._scheduler: Scheduler | DirectScheduler | None = None
         # queued -> prefill -> ready -> forward -> scoring -> scored -> ready ... -> done | failed.
         # Only the worker changes it, except scoring -> scored (the helper that did the step).
         self.phase = "queued"
-        self._outcome: tuple[bool, object] | None = None  # (ok, delta or exception) from the helper
+        self._outcome: str | BaseException | None = None  # the step's new text, or its error (helper)
         self._batch = -1  # the scheduler's forward count when this request's last step ran
         # Submitted from inside a reward of a request this scheduler is running (a nested search):
         # admitted at once, since the request that waits for it holds the rows it would wait for.
@@ -185,7 +186,27 @@ class _Helpers:
 # ---- The scheduler ----------------------------------------------------------------------------------
 
 
-class Scheduler:
+class _Requests:
+    """What both schedulers do alike: make a request's search state and check its size."""
+
+    backend: Backend
+    max_batch_rows: int
+
+    def new_state(self, prompt: PreparedPrompt, rewards: RewardSet, config: SearchConfig) -> SearchState:
+        return SearchState(prompt, rewards, config, self.backend, constraint=make_constraint(config, self.backend))
+
+    def check(self, config: SearchConfig) -> None:
+        """Raise :class:`ConfigError` if one request with ``config`` could never be admitted."""
+        rows = config.beam_width * config.top_k
+        if rows > self.max_batch_rows:
+            raise ConfigError(
+                f"beam_width={config.beam_width} x top_k={config.top_k} = {rows} rows per step exceeds "
+                f"this engine's max_batch_rows={self.max_batch_rows}; lower beam_width or top_k, or "
+                f"create the engine with a larger max_batch_rows"
+            )
+
+
+class Scheduler(_Requests):
     """Runs the searches of every caller of one engine in shared batched forwards (see module doc)."""
 
     #: The worker thread exits after this long with nothing to do (and restarts on the next submit),
@@ -219,19 +240,6 @@ class Scheduler:
                             failed=0)
 
     # ---- caller side (any thread) ----------------------------------------------------------------
-    def new_state(self, prompt: PreparedPrompt, rewards: RewardSet, config: SearchConfig) -> SearchState:
-        return SearchState(prompt, rewards, config, self.backend, constraint=make_constraint(config, self.backend))
-
-    def check(self, config: SearchConfig) -> None:
-        """Raise :class:`ConfigError` if one request with ``config`` could never be admitted."""
-        rows = config.beam_width * config.top_k
-        if rows > self.max_batch_rows:
-            raise ConfigError(
-                f"beam_width={config.beam_width} x top_k={config.top_k} = {rows} rows per step exceeds "
-                f"this engine's max_batch_rows={self.max_batch_rows}; lower beam_width or top_k, or "
-                f"create the engine with a larger max_batch_rows"
-            )
-
     def kv_estimate(self, state: SearchState) -> int:
         """The most KV-cache bytes ``state`` can hold: every row at its longest."""
         c = state.config
@@ -332,12 +340,12 @@ class Scheduler:
             self._fail(t, t.state.timed_out(now) or _cancelled())
         for t in list(self._active):
             if t.phase == "scored":
-                ok, value = t._outcome
-                t._outcome = None
-                if not ok:
-                    self._fail(t, value)
+                outcome, t._outcome = t._outcome, None
+                if isinstance(outcome, BaseException):
+                    self._fail(t, outcome)
                     continue
-                t._emit(Delta(value, t.state.generated))
+                assert outcome is not None, "a scored step carries its text"
+                t._emit(Delta(outcome, t.state.generated))
                 if t.state.result is not None:
                     self._done(t)
                     continue
@@ -366,8 +374,8 @@ class Scheduler:
             rows, kv = rows + admitted[-1].state.max_rows, kv + admitted[-1]._kv_bytes
         now = time.perf_counter()
         stalled = bool(self._queue) and not admitted and all(t.phase == "scoring" for t in self._active)
-        self._stalled_since = (self._stalled_since or now) if stalled else None
-        if (stalled and now - self._stalled_since >= self.stall_admit_s
+        since = self._stalled_since = (self._stalled_since or now) if stalled else None
+        if (since is not None and now - since >= self.stall_admit_s
                 and not any(t._borrowed for t in self._active)):
             t = self._queue.popleft()
             t._borrowed = True
@@ -432,21 +440,21 @@ class Scheduler:
         with self._cond:
             self._grace_until = time.perf_counter() + max(took, self.min_grace_s)
             self._counts["forwards"] += 1
-            rows = sum(len(t.state.live) * t.state.pending.k for t in tickets)
+            rows = sum(t.state.step_rows for t in tickets)
             self._counts["rows_forwarded"] += rows
             self._counts["max_rows_forwarded"] = max(self._counts["max_rows_forwarded"], rows)
             for t in tickets:
                 if t.phase == "forward":
                     t.phase, t._batch = "scoring", self._counts["forwards"]
-                    self._helpers.submit(lambda t=t: self._finish_step(t))
+                    self._helpers.submit(functools.partial(self._finish_step, t))
 
     def _finish_step(self, ticket: Ticket) -> None:
         """In a helper thread: this request's rewards, selection and commit."""
         token = _stepping.set(self)  # a search a reward starts from here is nested (see _admit)
         try:
-            outcome: tuple[bool, object] = (True, ticket.state.finish_step())
+            outcome: str | BaseException = ticket.state.finish_step()
         except BaseException as exc:  # RewardError, or anything else: it fails this request only
-            outcome = (False, exc)
+            outcome = exc
         finally:
             _stepping.reset(token)
         with self._cond:
@@ -461,6 +469,7 @@ class Scheduler:
         self._active.remove(t)
         self._counts["completed"] += 1
         result = t.state.result
+        assert result is not None, "_done is for finished searches"
         t.state.release()
         t._emit(Done(result))
 
@@ -478,8 +487,8 @@ class Scheduler:
 def _kv_bytes_per_token(backend: Backend) -> int:
     """KV-cache bytes per position per row of the backend's transformers model (0 if it has none:
     a backend that keeps its own cache -- vLLM, a server -- bounds it itself)."""
-    model = getattr(backend, "model", None)
-    cfg = getattr(model, "config", None)
+    model: Any = getattr(backend, "model", None)  # duck-typed: any model with a transformers config
+    cfg: Any = getattr(model, "config", None)
     try:
         layers = cfg.num_hidden_layers
         heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -503,7 +512,7 @@ def _run_error(exc: BaseException) -> BaseException:
     return error
 
 
-class DirectScheduler:
+class DirectScheduler(_Requests):
     """For backends that batch concurrent calls themselves (vLLM, a server): each request steps on
     its own thread -- step, rewards, selection, commit, again -- and the backend merges whatever
     requests are in flight (vLLM's continuous batching). No lock-step here: the policy of batching
@@ -525,9 +534,6 @@ class DirectScheduler:
         _schedulers.add(self)
         self._counts = dict(forwards=0, rows_forwarded=0, max_rows_forwarded=0, prefills=0, completed=0,
                             failed=0)
-
-    new_state = Scheduler.new_state
-    check = Scheduler.check
 
     def submit(self, tickets: Sequence[Ticket]) -> None:
         for t in tickets:
@@ -582,7 +588,7 @@ class DirectScheduler:
                     forward(self.backend, [state], stop=lambda: self._error(t) is not None)
                 except SearchCancelled:
                     raise self._error(t) or _cancelled() from None
-                rows = len(state.live) * state.pending.k
+                rows = state.step_rows
                 self._count(forwards=1, rows_forwarded=rows)
                 t.phase = "scoring"
                 delta = state.finish_step()

@@ -33,6 +33,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import torch
@@ -148,7 +149,7 @@ def set_score(hyp: _Hyp, values: tuple[float, ...], rewards: RewardSet, config: 
         hyp.score = -math.inf
 
 
-def make_candidate(dec: _Decoder, eos: set[int], beam: _Hyp, row: list[int], row_lp: list[float],
+def make_candidate(dec: _Decoder, eos: AbstractSet[int], beam: _Hyp, row: list[int], row_lp: list[float],
                    commit: int, look: int, max_new_tokens: int) -> tuple[_Hyp, str, bool, list[int], float]:
     """A candidate from its beam and its greedy rollout ``row`` (candidate token first).
 
@@ -301,6 +302,12 @@ class SearchState:
         held = (self.beams, self.pending.out.rows if self.pending else None)
         return [c for c in (getattr(h, "cache", None) for h in held) if c is not None]
 
+    @property
+    def step_rows(self) -> int:
+        """Rows of the step :func:`forward` left pending (live beams x candidates per beam)."""
+        assert self.pending is not None, "step_rows needs forward() first"
+        return len(self.live) * self.pending.k
+
     def release(self) -> None:
         """Drop every tensor (finished, failed or cancelled): its memory goes back at once."""
         self.beams = self.pending = None
@@ -350,9 +357,10 @@ class SearchState:
         # ---- 5. Select: the best beam_width of new candidates and finished survivors. --------------
         pool: list[tuple[_Hyp, int | None]] = [(h, None) for h in self.finished]
         pool += [(cands[n][0], n) for n in range(n_cands) if valid[n]]
-        if not pool:
+        if not pool:  # only a structure's validity check can leave no candidate
+            fmt = self.config.response_format
             raise StructureError(
-                f"no candidate can complete response_format {self.config.response_format.name!r} within "
+                f"no candidate can complete response_format {fmt.name if fmt else None!r} within "
                 f"max_new_tokens={self.config.max_new_tokens}; raise max_new_tokens")
         chosen = select(pool, lambda e: (e[0].score, e[0].logprob), config.beam_width)
         if config.trace:
@@ -461,6 +469,7 @@ def make_constraint(config: SearchConfig, backend, tokenizer=None, eos: set[int]
         tokenizer, vocab, eos = backend.tokenizer, backend.vocab_size, set(backend.eos_ids)
     else:
         vocab = backend.get_output_embeddings().weight.shape[0]
+        eos = set() if eos is None else eos
     from .structure import build_constraint  # llguidance is only needed for structured searches
 
     return build_constraint(config.response_format, tokenizer, vocab, eos, config.max_new_tokens)
@@ -497,7 +506,7 @@ def run_search(
     while True:
         live = [s for s in states if s.result is None]
         if not live:
-            return [s.result for s in states]
+            return [s.result for s in states if s.result is not None]  # (every one is set)
         if cancel is not None and cancel.is_set():
             raise SearchCancelled("the search was cancelled by its caller")
         if (late := live[0].timed_out()) is not None:

@@ -102,7 +102,8 @@ class HFBackend(Backend):
             k = min(req.k, next_lp.shape[-1])
             top_lp, top_ids = next_lp.topk(k, dim=-1)
             n_beams = next_lp.shape[0]
-            eos = (best_eos(self.eos_ids, next_lp) if req.want_eos else []) or [None] * n_beams
+            eos: list[tuple[int, float] | None] = [*best_eos(self.eos_ids, next_lp)] if req.want_eos else []
+            eos = eos or [None] * n_beams
             ids, lps = top_ids.reshape(-1), top_lp.reshape(-1)
             results.append(StepResult(top_ids.tolist(), top_lp.tolist(), eos,
                                       [[t] for t in ids.tolist()], [[v] for v in lps.tolist()], None))

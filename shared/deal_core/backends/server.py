@@ -26,12 +26,12 @@ Parity: with the same weights in fp32 the server's greedy tokens and top-k equal
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ServerError
 from ..remote import Completion, ServerClient, get_client, load_tokenizer
 from .base import Backend, Prefilled, StepRequest, StepResult, eos_token_ids
 
@@ -160,7 +160,7 @@ class ServerBackend(Backend):
 
         # 2. Rollouts of every candidate, one request; concurrently the EOS log-probs it needs.
         rows = [prefixes[b] + [tok] for b in range(len(top)) for tok, _ in top[b]]
-        work = []
+        work: list[Coroutine[Any, Any, Any]] = []
         if req.n_forward:
             work.append(self.client.acomplete(self.served_name, rows, max_tokens=req.n_forward, logprobs=req.k))
         eos_probe = [b for b in range(len(top)) if req.want_eos and beams.nexts[b].eos is None
@@ -195,12 +195,22 @@ class ServerBackend(Backend):
         probes = [prefixes[b] + [e] for b in beams_idx for e in ids]
         done = await self.client.acomplete(self.served_name, probes, max_tokens=1, logprobs=0, echo=True)
         for i, b in enumerate(beams_idx):
-            lps = [done[i * len(ids) + j].prompt_logprobs[-1] for j in range(len(ids))]  # type: ignore[index]
+            lps = [_echoed_logprob(done[i * len(ids) + j], self.client.base_url) for j in range(len(ids))]
             j = max(range(len(ids)), key=lambda j: (lps[j], -ids[j]))
-            beams.nexts[b].eos = (ids[j], float(lps[j]))
+            beams.nexts[b].eos = (ids[j], lps[j])
 
     def _best_eos(self, nxt: _Next) -> tuple[int, float] | None:
         in_top = [(t, v) for t, v in (nxt.top or []) if t in self.eos_ids]
         if in_top:
             return max(in_top, key=lambda e: (e[1], -e[0]))
         return nxt.eos
+
+
+def _echoed_logprob(done: Completion, base_url: str) -> float:
+    """The log-prob the server gave the last prompt token of an ``echo=True`` request."""
+    lps = done.prompt_logprobs
+    if not lps or lps[-1] is None:
+        raise ServerError(f"the server at {base_url} returned no prompt log-probs for an echo=True "
+                          "completion; it must support OpenAI's echo with logprobs (vllm serve does)",
+                          url=base_url)
+    return float(lps[-1])

@@ -129,6 +129,8 @@ def _draw_panel(ax: Any, tree: TreeView, rows: dict[tuple[int, int], int], first
     for view in tree.steps[first:last]:
         s = view.step
         for n in view.nodes:
+            x0: float
+            y0: float
             if n.parent is None:  # the first step hangs off the prompt
                 x0, y0 = s - 1, 0
             elif s == first:  # the parent is drawn in the panel above: a stub from the left

@@ -481,7 +481,7 @@ class HarmlessnessReward(Reward):
 
     def __init__(self, *, name: str = "harmless", head: str | os.PathLike[str] | None = None) -> None:
         self.name = name
-        self.head_file = Path(head) if head is not None else SHIPPED_HEAD
+        self.head_file: Path | None = Path(head) if head is not None else SHIPPED_HEAD  # None: trained here
         self._head, record = load_head(self.head_file)
         self.info: dict[str, Any] = record
 

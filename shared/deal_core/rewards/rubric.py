@@ -65,7 +65,9 @@ class RubricReward(Reward):
         """The judge, loaded on first use (a bad model fails here with a ModelLoadError/ConfigError)."""
         if self._judge is None:
             spec = self._judge_spec
-            if isinstance(spec, str) and spec.startswith(("http://", "https://")):
+            if isinstance(spec, RemoteJudge):  # (set in __init__ already; this tells the type checker)
+                self._judge = spec
+            elif isinstance(spec, str) and spec.startswith(("http://", "https://")):
                 # A judge on an inference server: the server's only model, one client per URL.
                 self._judge = shared(("judge", "remote", spec), lambda: RemoteJudge(spec))
             else:

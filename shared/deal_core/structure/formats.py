@@ -59,14 +59,16 @@ class ResponseFormat(BaseModel):
         return cls.json_schema(ANY_OBJECT, name="json_object")
 
     @classmethod
-    def regex(cls, pattern: str, name: str | None = None) -> ResponseFormat:
-        """The whole answer matches ``pattern`` (Rust regex syntax, as llguidance reads it)."""
+    def regex(cls, pattern: object, name: str | None = None) -> ResponseFormat:
+        """The whole answer matches ``pattern`` (Rust regex syntax, as llguidance reads it).
+
+        ``pattern`` is typed ``object``: it may come straight from a user's dict, so it is checked here."""
         if not isinstance(pattern, str) or not pattern:
             raise ConfigError(f"a regex response format needs a non-empty pattern string, got {pattern!r}")
         return cls(kind="regex", source=pattern, name=name or "regex")
 
     @classmethod
-    def grammar(cls, lark: str, name: str | None = None) -> ResponseFormat:
+    def grammar(cls, lark: object, name: str | None = None) -> ResponseFormat:
         """The answer is derived from ``lark``'s ``start`` rule (llguidance's Lark dialect)."""
         if not isinstance(lark, str) or not lark.strip():
             raise ConfigError(f"a grammar response format needs Lark source text, got {lark!r}")
@@ -128,7 +130,8 @@ def _schema_of(schema: Any) -> tuple[dict[str, Any], str]:
             return dict(ANY_OBJECT), "json_object"
         return schema, str(schema.get("title") or "json_schema")
     if isinstance(schema, type) and issubclass(schema, BaseModel):
-        return schema.model_json_schema(), schema.__name__
+        model: type[BaseModel] = schema
+        return model.model_json_schema(), model.__name__
     if isinstance(schema, type) and _is_typeddict(schema):
         return _typeddict_schema(schema), schema.__name__
     raise ConfigError(f"cannot make a JSON schema from {schema!r}; pass a pydantic model class, a "
@@ -141,7 +144,9 @@ def _typeddict_schema(td: type) -> dict[str, Any]:
     except Exception:  # pydantic refuses typing.TypedDict before Python 3.12: rebuild it portably
         import typing_extensions
 
-        twin = typing_extensions.TypedDict(td.__name__, dict(td.__annotations__), total=td.__total__)
+        # A TypedDict made at run time: mypy reads only the literal-name form, hence the ignore.
+        twin = typing_extensions.TypedDict(td.__name__, dict(td.__annotations__),  # type: ignore[misc]
+                                           total=td.__total__)
         twin.__required_keys__ = getattr(td, "__required_keys__", twin.__required_keys__)
         twin.__optional_keys__ = getattr(td, "__optional_keys__", twin.__optional_keys__)
         twin.__doc__ = td.__doc__

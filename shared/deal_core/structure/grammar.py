@@ -27,6 +27,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,8 +63,8 @@ class _TokenTables:
         # Each token's text from llguidance's own byte table (a Rust call per token: ~0.1 s for 49k).
         texts = [self.ll.decode_bytes([i]).decode("utf-8", errors="replace") for i in range(n)]
         special = set(getattr(tokenizer, "all_special_ids", [])) | set(self.eos)
-        self.length = np.full(n, -1, dtype=np.int32)  # characters; -1 = never on a closing path
-        self.closing = np.zeros(n, dtype=np.int32)  # length if made only of closing characters
+        self.length: np.ndarray = np.full(n, -1, dtype=np.int32)  # characters; -1 = never on a closing path
+        self.closing: np.ndarray = np.zeros(n, dtype=np.int32)  # length if made only of closing characters
         for i, t in enumerate(texts):
             if i in special or not t or "\ufffd" in t:
                 continue
@@ -141,7 +142,7 @@ class GrammarConstraint:
         if self._root.is_error():
             raise ConfigError(f"response_format {fmt.name!r} ({fmt.kind}) cannot be compiled: "
                               f"{self._root.get_error()}")
-        self._matchers: OrderedDict[tuple[int, ...], object] = OrderedDict()
+        self._matchers: OrderedDict[tuple[int, ...], Any] = OrderedDict()  # llguidance matchers (or None)
         self._masks: OrderedDict[tuple[int, ...], torch.Tensor | None] = OrderedDict()
         self._paths: OrderedDict[tuple[int, ...], list[int] | None] = OrderedDict()
         self._lock = threading.Lock()  # the backend and finish_step may call from different threads
@@ -191,7 +192,7 @@ class GrammarConstraint:
 
     def _bits(self, m) -> torch.Tensor:
         raw = np.frombuffer(m.compute_bitmask(), dtype=np.uint8)
-        bits = np.unpackbits(raw, bitorder="little")[: self.tables.vocab_size].astype(bool)
+        bits: np.ndarray = np.unpackbits(raw, bitorder="little")[: self.tables.vocab_size].astype(bool)
         return torch.from_numpy(bits)
 
     # ---- what the search asks -------------------------------------------------------------------
@@ -240,8 +241,8 @@ class GrammarConstraint:
     def _estimate(self, key: tuple[int, ...]) -> int | None:
         """Closing-path length of the nearest prefix of ``key`` that has one (within ``FAR`` tokens)."""
         for cut in range(len(key), max(len(key) - self.FAR, 0) - 1, -1):
-            path = self._paths.get(key[:cut], False)
-            if path is not False:
+            if key[:cut] in self._paths:
+                path = self._paths[key[:cut]]
                 return None if path is None else len(path)
         return None
 
@@ -319,7 +320,7 @@ class GrammarConstraint:
         return path
 
     def _beam(self, m, cap: int, width: int = 8, branch: int = 3) -> list[int] | None:
-        frontier = [(m.deep_copy(), [])]
+        frontier: list[tuple[Any, list[int]]] = [(m.deep_copy(), [])]
         for _ in range(cap):
             nxt, seen = [], set()
             for cur, path in frontier:
