@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ SLOW_WITHOUT_REAL_MODEL = {
     "test_cli.py::test_errors_are_one_line_and_nonzero",
     "test_rewards_harmlessness.py::",
     "test_harmless_two_part.py::test_refusal_wins_only_for_harmful_requests",  # trains a head
+    "test_harmless_two_part.py::test_shipped_head_loads_without_data_and_judges_the_request",  # real encoder
     "test_llamaindex_rag.py::",
     "test_search_equivalence.py::",
     "test_end_candidates.py::",
@@ -52,6 +54,7 @@ SLOW_WITHOUT_REAL_MODEL = {
     "test_scheduler.py::test_threads_and_tasks_at_once_match_alone",
     "test_concurrency.py::",
     "test_structure.py::test_composes_with_rewards",
+    "test_structure.py::test_tight_budget_closes_the_structure",
     "test_structure.py::test_json_schema_answers_validate_on_random_model",
     "test_structure.py::test_fast_equals_reference_under_constraints",
     "test_admission.py::test_a_reward_that_searches_on_the_same_engine_does_not_deadlock",
@@ -72,6 +75,28 @@ def _uses_real_model(item: pytest.Item) -> bool:
     callspec = getattr(item, "callspec", None)
     params = callspec.params if callspec is not None else {}
     return bool(fixtures & SLOW_FIXTURES) or params.get("small_lm") == "vllm"
+
+
+def _fast_tier(config: pytest.Config) -> bool:
+    return "not slow" in (config.getoption("markexpr") or "")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """In the fast tier, a test file whose every test is slow is not even imported: its imports
+    (Hypothesis, vLLM, browsers ...) would be most of the tier's start-up. The full run collects it."""
+    if not (_fast_tier(config) and collection_path.suffix == ".py" and collection_path.name.startswith("test_")):
+        return None
+    if f"{collection_path.name}::" in SLOW_WITHOUT_REAL_MODEL:
+        return True
+    text = collection_path.read_text(encoding="utf-8")
+    return True if re.search(r"^pytestmark = \[?pytest\.mark\.slow\b", text, re.MULTILINE) else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # LangChain's standard unit suite times the model's constructor with pytest-benchmark (thousands
+    # of rounds). Timings live in benchmarks/, not tests: the tests run it once.
+    if config.pluginmanager.hasplugin("benchmark"):
+        config.option.benchmark_disable = True
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -102,7 +127,7 @@ class _FastTierRegistry(dict):
 def _fast_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     # Only in the fast tier (-m "not slow"): there an unmarked test that loads the real model
     # would make the tier slow without saying why. The full run lets it through.
-    if "not slow" in (request.config.getoption("markexpr") or "") and request.node.get_closest_marker("slow") is None:
+    if _fast_tier(request.config) and request.node.get_closest_marker("slow") is None:
         monkeypatch.setattr(core_models, "_shared", _FastTierRegistry(core_models._shared))
 
 
