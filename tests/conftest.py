@@ -93,6 +93,10 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if _fast_tier(config):
+        # The tiny model's matrices are too small to split: one torch thread does the same work
+        # with about a third less CPU (two threads mostly wait for each other). Same results.
+        torch.set_num_threads(1)
     # LangChain's standard unit suite times the model's constructor with pytest-benchmark (thousands
     # of rounds). Timings live in benchmarks/, not tests: the tests run it once.
     if config.pluginmanager.hasplugin("benchmark"):
