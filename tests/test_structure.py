@@ -204,3 +204,28 @@ def test_tool_grammar_cannot_produce_an_unknown_tool_or_bad_arguments(tiny):
     assert auto.is_complete(ids("Sure, the answer is 3."))
     with pytest.raises(ConfigError, match="refund"):
         tool_call_format(tools, "refund")
+
+
+def test_a_prefix_ending_mid_character_can_still_close(tiny):
+    """Byte-level BPE: a token may hold only the first byte of a UTF-8 character (the random model
+    wrote one inside a JSON string). The closing path must continue it with byte tokens; it used to
+    find no path, so the only candidate of a constrained greedy search was dropped (StructureError)."""
+    from deal_core.structure import build_constraint
+
+    class Joke(BaseModel):
+        setup: str
+        punchline: str
+
+    c = build_constraint(as_response_format(Joke), tiny.tokenizer, tiny.model.config.vocab_size,
+                         {tiny.tokenizer.eos_token_id}, 40)
+    lead = "\u0645".encode()[:1]  # first byte of an Arabic letter
+    (fragment,) = [i for i in range(tiny.model.config.vocab_size) if c.tables.ll.decode_bytes([i]) == lead]
+    prefix = tiny.tokenizer('{"setup": "a', add_special_tokens=False)["input_ids"] + [fragment]
+    path = c.closing_path(prefix)
+    assert path is not None and c.can_close(prefix)
+    assert c.is_complete(prefix + path)
+    Joke.model_validate_json(c.tables.ll.decode_bytes(prefix + path).decode())
+    # And end to end: the search that raised StructureError now answers.
+    result = tiny.search("Tell me a joke.", config=dict(beam_width=1, top_k=1, lookahead=0, max_new_tokens=40,
+                                                        response_format=Joke))
+    Joke.model_validate_json(result.text)

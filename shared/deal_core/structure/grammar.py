@@ -65,8 +65,14 @@ class _TokenTables:
         special = set(getattr(tokenizer, "all_special_ids", [])) | set(self.eos)
         self.length: np.ndarray = np.full(n, -1, dtype=np.int32)  # characters; -1 = never on a closing path
         self.closing: np.ndarray = np.zeros(n, dtype=np.int32)  # length if made only of closing characters
+        # Tokens holding part of a UTF-8 character (byte-level BPE). Never preferred on a closing path,
+        # but after one of them only such tokens can continue: the path must be able to use them.
+        self.fragment: np.ndarray = np.zeros(n, dtype=bool)
         for i, t in enumerate(texts):
-            if i in special or not t or "\ufffd" in t:
+            if i in special or not t:
+                continue
+            if "\ufffd" in t:
+                self.fragment[i] = True
                 continue
             self.length[i] = len(t)
             if set(t) <= CLOSING_CHARS:
@@ -293,13 +299,15 @@ class GrammarConstraint:
         return best
 
     def _ranked(self, allowed: np.ndarray, longest: bool, n: int) -> list[int]:
-        """Up to ``n`` allowed ordinary tokens, longest (or shortest) text first."""
+        """Up to ``n`` allowed ordinary tokens, longest (or shortest) text first. Mid-character (the
+        prefix ends in part of a UTF-8 character) only byte tokens are allowed: up to ``n`` of those."""
         length = np.where(allowed & (self.tables.length > 0), self.tables.length, -1)
         if longest:
             order = np.argsort(-length, kind="stable")[:n]
         else:
             order = np.argsort(np.where(length > 0, length, 1 << 30), kind="stable")[:n]
-        return [int(i) for i in order if length[i] > 0]
+        ranked = [int(i) for i in order if length[i] > 0]
+        return ranked or np.nonzero(allowed & self.tables.fragment)[0][:n].tolist()
 
     def _greedy(self, m, cap: int, longest: bool) -> list[int] | None:
         m = m.deep_copy()
