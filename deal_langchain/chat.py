@@ -67,7 +67,7 @@ def to_chat_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
         elif role is None:
             raise ConfigError(f"message {i} is a {type(m).__name__}; ChatDeAL takes system, human, "
                               "ai, tool, function and chat messages")
-        content = _text(m.content, i)
+        content = _text(m.content, i, calls_ok=isinstance(m, AIMessage))
         if isinstance(m, AIMessage) and m.tool_calls:
             content = assistant_text(m, content)  # the model sees its own earlier calls
         elif role == "tool":
@@ -76,7 +76,12 @@ def to_chat_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     return out
 
 
-def _text(content: Any, i: int) -> str:
+#: Content blocks that hold an assistant's tool call (Anthropic's ``tool_use``, LangChain's standard
+#: ``tool_call`` ...). The call itself is rendered from ``AIMessage.tool_calls``, so these are skipped.
+_CALL_BLOCKS = frozenset({"tool_use", "tool_call", "tool_call_chunk", "function_call"})
+
+
+def _text(content: Any, i: int, calls_ok: bool = False) -> str:
     if isinstance(content, str):
         return content
     parts = []
@@ -85,6 +90,8 @@ def _text(content: Any, i: int) -> str:
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(block.get("text", ""))
+        elif calls_ok and isinstance(block, dict) and block.get("type") in _CALL_BLOCKS:
+            continue
         else:
             kind = block.get("type") if isinstance(block, dict) else type(block).__name__
             raise ConfigError(f"message {i} has a {kind!r} content block; ChatDeAL's model reads text only")

@@ -20,7 +20,7 @@ from langchain_core.output_parsers import JsonOutputKeyToolsParser, JsonOutputPa
     PydanticToolsParser
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
-from pydantic import BaseModel
+from langchain_core.utils.pydantic import is_basemodel_subclass
 
 from deal_core import ConfigError, ResponseFormat
 from deal_core.structure.tools import ToolSpec, parse_tool_calls, render_tool_calls, tool_call_format, tools_prompt
@@ -87,7 +87,7 @@ def structured_output(model, schema: Any, *, method: str = "json_schema", includ
         raise ConfigError(f"with_structured_output got unknown argument(s) {sorted(kwargs)}")
     if schema is None and method != "json_mode":
         raise ConfigError("with_structured_output needs a schema (pydantic model, TypedDict or JSON schema)")
-    is_model = isinstance(schema, type) and issubclass(schema, BaseModel)
+    is_model = is_basemodel_subclass(schema)  # pydantic v2 or v1 (langchain_core.pydantic_v1) classes
     if method == "function_calling":
         tool = convert_to_openai_tool(schema)
         name = tool["function"]["name"]
