@@ -195,6 +195,11 @@ class VLLMBackend(Backend):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         args = dict(model=source, tokenizer=source, dtype=self.dtype, enable_prefix_caching=True,
                     trust_remote_code=trust_remote_code, max_logprobs=64, disable_log_stats=True)
+        if cpu:
+            # Prefix caching reuses whole KV blocks only, and vLLM's CPU default is 128 tokens a block:
+            # a chat prompt of ~50 tokens would then be recomputed by every candidate's rollout. 32 is
+            # the smallest block the CPU attention kernel takes (it must be a multiple of 32).
+            args["block_size"] = 32
         args.update(engine_kwargs)
         try:
             engine_args = EngineArgs(**args)
@@ -285,6 +290,14 @@ class VLLMBackend(Backend):
 
     def commit(self, result: StepResult, rows: Sequence[int], commit: int) -> _Beams:
         return _Beams([result.rows[r] for r in rows])
+
+    def generate(self, prompt_ids: Sequence[int], max_tokens: int) -> list[int]:
+        """Plain greedy decoding of ``max_tokens`` tokens in one vLLM request (stops at EOS): what
+        vLLM alone does for greedy, the baseline benchmarks/backends.py compares the search with."""
+        params = self._SamplingParams(max_tokens=max_tokens, temperature=0.0, detokenize=False,
+                                      output_kind=self._final, stop_token_ids=sorted(self.eos_ids))
+        (out,) = self._wait([self._driver.submit(list(prompt_ids), params)], None)
+        return list(out.token_ids)
 
     # ---- lifetime --------------------------------------------------------------------------------
     def close(self) -> None:
