@@ -8,6 +8,7 @@ tier any other test that reaches the real model through the shared registry fail
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -237,3 +238,14 @@ def lm(request) -> Engine:
 def small_lm(request) -> Engine:
     """The cheapest engine of each backend: the tiny random model on hf, the embedded one on vLLM."""
     return request.getfixturevalue("tiny" if request.param == "hf" else "vllm_engine")
+
+
+@pytest.fixture(scope="module")
+def example():
+    """examples/agent_tools.py loaded as a module (its tools, policy reward and agent), one copy per
+    test module: the tests set its REFUND_LIMIT and REFUNDED state."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "agent_tools.py"
+    spec = importlib.util.spec_from_file_location("agent_tools_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

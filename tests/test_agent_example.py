@@ -3,20 +3,8 @@ prunes refund calls above the limit (and negative ones) from partial rollouts (i
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-import pytest
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "agent_tools.py"
 
 
-@pytest.fixture(scope="module")
-def example():
-    spec = importlib.util.spec_from_file_location("agent_tools_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_policy_reward_prunes_refunds_above_the_limit(example):

@@ -12,8 +12,6 @@ stop. Searches are small (a few candidates, short budgets) to keep this tier qui
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-from pathlib import Path
 
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
@@ -22,7 +20,6 @@ from pydantic import BaseModel
 
 pytestmark = pytest.mark.slow
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "agent_tools.py"
 SEARCH = dict(beam_width=2, top_k=3, lookahead=2)
 
 
@@ -114,14 +111,6 @@ def test_llamaindex_function_agent_calls_a_tool_reads_its_result_and_answers():
     answer = str(output.response.content or "")
     assert answer.strip() and "<tool_call>" not in answer
     assert not output.response.additional_kwargs.get("tool_calls")  # the final turn is text
-
-
-@pytest.fixture(scope="module")
-def example():
-    spec = importlib.util.spec_from_file_location("agent_tools_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_refund_policy_reward_changes_the_call(example):
