@@ -408,9 +408,21 @@ def open_length_cases(data: Path, limit: int, split: str) -> list[dict]:
     return [c for c in out if split == "all" or c["split"] == split][:limit]
 
 
+#: Hand-written ordinary requests (describe / explain / tell about), each with a word target drawn
+#: from 10..60 (``random.Random(20)``), written for the ``--split heldout`` run of ``length-open``:
+#: nothing was tuned on them, and they share no template with the CommonGen-built requests.
+HELDOUT_LENGTH = HERE / "data" / "open_length_requests.jsonl"
+
+
+def heldout_length_cases(limit: int) -> list[dict]:
+    return [{**r, "split": "heldout"} for r in read_jsonl(HELDOUT_LENGTH)][:limit]
+
+
 def task_length_open(args, engine) -> None:
-    """Length targets that only the reward knows (the prompt is an ordinary request)."""
-    cases = open_length_cases(args.data, args.limit, args.split)
+    """Length targets that only the reward knows (the prompt is an ordinary request). ``--split
+    heldout`` runs the hand-written held-out requests instead (results in ``out/length-open-heldout``)."""
+    heldout = args.split == "heldout"
+    cases = heldout_length_cases(args.limit) if heldout else open_length_cases(args.data, args.limit, args.split)
     requests = {c["id"]: c["request"] for c in cases}
     options = json.loads(args.length_reward or "{}")
     reward_of = {requests[c["id"]]: LengthReward(c["n"], **options) for c in cases}
@@ -425,8 +437,8 @@ def task_length_open(args, engine) -> None:
 
     # The token budget grows with the target (~1.3 tokens a word, plus room to finish a sentence).
     budget = max(args.max_new_tokens, int(60 * 1.6) + 16)
-    run_methods(args, engine, "length-open", cases, requests, rewards, length, LENGTH_ALIGN,
-                lambda c: reward_of[requests[c["id"]]], max_new_tokens=budget)
+    run_methods(args, engine, "length-open-heldout" if heldout else "length-open", cases, requests, rewards,
+                length, LENGTH_ALIGN, lambda c: reward_of[requests[c["id"]]], max_new_tokens=budget)
 
 
 HARMLESS_KIND = "two-part"  # --harmless-reward: which harmlessness reward the search optimises
@@ -685,13 +697,13 @@ def report(args) -> str:
                 parts.append(f"| {m} | {len(rows)} | {mean(rows, 'within'):.3f} | {mean(rows, 'abs_err'):.1f} | "
                              f"{mean(rows, 'lm_tokens'):.0f} |")
 
-    lo = runs("length-open")
+    lo = {**runs("length-open"), **{f"{m} (held-out requests)": rows for m, rows in runs("length-open-heldout").items()}}
     if lo:
         parts += ["", "### Length when only the reward knows the target (ordinary requests, target 10..60 words)", "",
                   "| method | split | N | within ±10% | mean abs. error (words) | median words / target | "
                   "loops | LM tokens / case |", "|---|---|---|---|---|---|---|---|"]
         for m, rows in lo.items():
-            for split in ("setaside", "tune"):
+            for split in ("setaside", "tune", "heldout"):
                 sub = [r for r in rows if r.get("split") == split]
                 if sub:
                     ratio = statistics.median(r["words"] / r["target"] for r in sub)
@@ -877,8 +889,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--bon-match", default="deal", help="the DeAL method whose LM tokens best-of-N matches")
     ap.add_argument("--harmless-reward", choices=["two-part", "bilinear"], default="two-part")
     ap.add_argument("--benign-limit", type=int, default=200, help="harmless: benign requests to run")
-    ap.add_argument("--split", choices=["setaside", "tune", "all"], default="setaside",
-                    help="harmless: which cases to run (the tuning quarter or the set-aside rest)")
+    ap.add_argument("--split", choices=["setaside", "tune", "all", "heldout"], default="setaside",
+                    help="harmless / length-open: which cases to run (the tuning quarter or the set-aside "
+                         "rest); length-open also takes heldout (benchmarks/data/open_length_requests.jsonl)")
     ap.add_argument("--model", default=None)
     ap.add_argument("--classifier", default=None,
                     help="harmless/weights: also score replies with this HF classifier or reward model "
