@@ -157,7 +157,8 @@ class ChatDeAL(DeALParams, BaseChatModel):
                                **kwargs: Any) -> Runnable:
         """A runnable returning ``schema``'s type (pydantic instance, or dict for TypedDict / JSON
         schema). ``json_schema`` constrains the answer to the schema; ``function_calling`` forces a
-        call to a tool made from it; ``json_mode`` constrains to any JSON object. ``include_raw``
+        call to a tool made from it; ``json_mode`` constrains to the schema too, or to any JSON object
+        when ``schema`` is None. ``include_raw``
         returns ``{"raw", "parsed", "parsing_error"}``."""
         return structured_output(self, schema, method=method, include_raw=include_raw, strict=strict, **kwargs)
 

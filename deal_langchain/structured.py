@@ -82,7 +82,7 @@ def structured_output(model, schema: Any, *, method: str = "json_schema", includ
                       strict: bool | None = None, **kwargs: Any) -> Runnable:
     """``ChatDeAL.with_structured_output``: ``json_schema`` (the default: the answer is constrained to
     the schema), ``function_calling`` (a forced call of a tool made from the schema) or ``json_mode``
-    (any JSON object; the schema only picks the parser)."""
+    (constrained to the schema as well when one is given, else to any JSON object)."""
     if kwargs:
         raise ConfigError(f"with_structured_output got unknown argument(s) {sorted(kwargs)}")
     if schema is None and method != "json_mode":
@@ -98,7 +98,9 @@ def structured_output(model, schema: Any, *, method: str = "json_schema", includ
                             else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True))
     elif method in ("json_schema", "json_mode"):
         json_schema = convert_to_json_schema(schema) if schema is not None else None
-        fmt = ResponseFormat.json_schema(json_schema) if method == "json_schema" else ResponseFormat.json_object()
+        # json_mode with a schema searches within it too: "any JSON object" let the model nest the
+        # fields ({"setup": {"punchline": ...}}) where the parser expects the schema's shape.
+        fmt = ResponseFormat.json_schema(json_schema) if json_schema is not None else ResponseFormat.json_object()
         llm = model.bind(response_format=fmt, ls_structured_output_format={
             "kwargs": {"method": method}, "schema": json_schema})
         parser = PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from pydantic import BaseModel
 from pydantic.v1 import BaseModel as BaseModelV1
 
 from deal_core import ConfigError
@@ -50,3 +51,22 @@ def test_pydantic_v1_schema_returns_the_v1_model(tiny, method):
     chat = ChatDeAL(engine=tiny, beam_width=1, top_k=1, lookahead=0, max_tokens=40)
     out = chat.with_structured_output(JokeV1, method=method).invoke("Tell me a joke.")
     assert isinstance(out, JokeV1)
+
+
+class Joke(BaseModel):
+    """Joke to tell user."""
+
+    setup: str
+    punchline: str
+
+
+def test_json_mode_with_a_schema_is_constrained_to_it(tiny):
+    """json_mode + schema: the random model's answer still has the schema's shape (it was
+    constrained to any JSON object before, and the parser then failed on whatever object came out)."""
+    chat = ChatDeAL(engine=tiny, beam_width=2, top_k=2, lookahead=2, max_tokens=40)
+    for schema in (Joke, Joke.model_json_schema()):
+        out = chat.with_structured_output(schema, method="json_mode").invoke("Tell me a joke.")
+        joke = Joke.model_validate(out if isinstance(out, dict) else out.model_dump())
+        assert joke.setup is not None and joke.punchline is not None
+    # No schema: any JSON object, parsed to a dict.
+    assert isinstance(chat.with_structured_output(method="json_mode").invoke("Tell me a joke."), dict)
