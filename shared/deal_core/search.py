@@ -465,7 +465,7 @@ def make_constraint(config: SearchConfig, backend, tokenizer=None, eos: set[int]
     if isinstance(backend, Backend):
         if not backend.supports_constraints:
             raise ConfigError(f"response_format needs token masks, which the {backend.name!r} backend does "
-                              "not apply; use backend='hf' for structured output")
+                              f"not apply here; {backend.constraints_fix}")
         tokenizer, vocab, eos = backend.tokenizer, backend.vocab_size, set(backend.eos_ids)
     else:
         vocab = backend.get_output_embeddings().weight.shape[0]

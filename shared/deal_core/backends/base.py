@@ -89,6 +89,8 @@ class Backend(ABC):
     batches_requests: bool = False
     #: Whether :attr:`StepRequest.constraint` is honoured (else the engine refuses such requests).
     supports_constraints: bool = False
+    #: What to do instead, in the ConfigError for a constrained request on a backend without them.
+    constraints_fix: str = "use backend='hf' for structured output"
 
     @abstractmethod
     def prefill(self, prompts: Sequence[Sequence[int]]) -> list[Prefilled]:

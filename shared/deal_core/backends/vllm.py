@@ -9,8 +9,12 @@ LM call is a vLLM request whose prompt is token ids (no re-tokenisation drift), 
   ``max_tokens = n_forward``, ``ignore_eos``, ``logprobs = k``), all submitted at once;
 - the next step's expansion is *fused* into them: the top-k log-probs at the position after the
   committed tokens are the survivor's next candidates, so a step costs one round of requests;
-- "end here" candidates (rewards that care how texts end) ask for each beam's best EOS token with
-  ``allowed_token_ids = EOS ids`` and read its raw (unrestricted) log-prob.
+- "end here" candidates (rewards that care how texts end) ask for the log-probs of the EOS ids
+  after each beam and take the best (an "EOS probe" request, see ``vllm_masks.py``);
+- a token constraint (structured output) is applied inside vLLM by a logits processor, per request,
+  from the constraint state after the request's prefix (``vllm_masks.py``); the engine returns
+  log-probs after processing (``logprobs_mode="processed_logprobs"``), i.e. renormalised over the
+  allowed tokens as on the hf backend. Unconstrained requests have nothing processed: raw log-probs.
 
 Concurrent callers' requests batch inside vLLM's scheduler (the engine steps each caller's search
 on its own thread; ``batches_requests = True``): the policy of batching is vLLM's.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -38,7 +43,7 @@ from typing import Any
 
 from ..errors import ConfigError, ModelLoadError, SearchCancelled
 from ..models import DEFAULT_MODEL, ensure_embedded_cache
-from .base import Backend, Prefilled, StepRequest, StepResult, eos_token_ids
+from .base import Backend, Prefilled, StepRequest, StepResult, TokenConstraint, eos_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +167,7 @@ class VLLMBackend(Backend):
 
     name = "vllm"
     batches_requests = True
-    supports_constraints = False
+    supports_constraints = True  # when the model runner is in this process (see vllm_masks.py)
 
     def __init__(self, model: str | os.PathLike[str] | None = None, *, device: Any = "auto",
                  dtype: Any = None, trust_remote_code: bool = False, **engine_kwargs: Any) -> None:
@@ -193,18 +198,26 @@ class VLLMBackend(Backend):
                                  "pass a local Hugging Face model directory or a downloaded id") from exc
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        from .vllm_masks import DeALMasks, built_here, extra_args
+
+        self._extra_args = extra_args
+
+        # Log-probs after the masks (what the search scores); equal to the raw ones where no mask applies.
         args = dict(model=source, tokenizer=source, dtype=self.dtype, enable_prefix_caching=True,
-                    trust_remote_code=trust_remote_code, max_logprobs=64, disable_log_stats=True)
+                    trust_remote_code=trust_remote_code, max_logprobs=64, disable_log_stats=True,
+                    logprobs_mode="processed_logprobs")
         if cpu:
             # Prefix caching reuses whole KV blocks only, and vLLM's CPU default is 128 tokens a block:
             # a chat prompt of ~50 tokens would then be recomputed by every candidate's rollout. 32 is
             # the smallest block the CPU attention kernel takes (it must be a multiple of 32).
             args["block_size"] = 32
         args.update(engine_kwargs)
+        args["logits_processors"] = [*list(engine_kwargs.get("logits_processors") or ()), DeALMasks]
         try:
             engine_args = EngineArgs(**args)
         except TypeError as exc:
             raise ConfigError(f"unknown vLLM engine argument: {exc}; see vllm.engine.arg_utils.EngineArgs") from exc
+        masks_before = built_here()
         try:
             engine = LLMEngine.from_engine_args(engine_args)
         except Exception as exc:
@@ -212,6 +225,13 @@ class VLLMBackend(Backend):
                                  "Fix: pass a Hugging Face model directory with safetensors weights that vLLM "
                                  f"supports, and check the engine arguments {sorted(engine_kwargs)}") from exc
         self._driver = _Driver(engine, TokensPrompt)
+        # The masks' registry is process-local: constraints work when vLLM built the processor here.
+        self.supports_constraints = built_here() > masks_before
+        if not self.supports_constraints:
+            self.constraints_fix = (
+                "the vllm backend applies them only with vLLM's model runner in this process: set "
+                "VLLM_ENABLE_V1_MULTIPROCESSING=0 before the engine starts and use one worker (no "
+                "tensor/pipeline parallelism), or use backend='hf'")
         mc = engine.model_config
         self.context_window = int(mc.max_model_len)
         self.vocab_size = int(mc.get_vocab_size())
@@ -219,9 +239,13 @@ class VLLMBackend(Backend):
         self._closed = False
 
     # ---- requests ----------------------------------------------------------------------------------
-    def _params(self, max_tokens: int, logprobs: int, **extra: Any):
+    def _params(self, max_tokens: int, logprobs: int, constraint: TokenConstraint | None = None,
+                prefix: Sequence[int] = (), eos_probe: bool = False):
+        """Greedy, full-length (``ignore_eos``) sampling params; under ``constraint`` the request is
+        masked from the constraint's state after ``prefix`` (the tokens generated before it)."""
+        extra = self._extra_args(constraint, list(prefix), sorted(self.eos_ids) if eos_probe else None)
         return self._SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=logprobs, ignore_eos=True,
-                                    detokenize=False, output_kind=self._final, **extra)
+                                    detokenize=False, output_kind=self._final, extra_args=extra)
 
     def _wait(self, pending: list[tuple[str, concurrent.futures.Future]],
               stop: Callable[[], bool] | None) -> list[Any]:
@@ -242,25 +266,23 @@ class VLLMBackend(Backend):
 
     def step(self, requests: Sequence[StepRequest],
              stop: Callable[[], bool] | None = None) -> list[StepResult]:
-        for req in requests:
-            if req.constraint is not None:
-                raise ConfigError("the vllm backend does not apply token constraints yet; "
-                                  "use backend='hf' for constrained (structured) output")
         return [self._step(req, stop) for req in requests]
 
     def _step(self, req: StepRequest, stop: Callable[[], bool] | None) -> StepResult:
         submit = self._driver.submit
         contexts = [req.prompt_ids + t for t in req.tokens]
+        cons = req.constraint
         forwards = tokens = 0
-        # "End here": each beam's best EOS token (sampled among EOS ids only) with its raw log-prob.
+        # "End here": the log-probs of every EOS id after each beam (masked, under a constraint).
         eos_pending = []
         if req.want_eos and self.eos_ids:
-            eos_params = self._params(1, 0, allowed_token_ids=sorted(self.eos_ids))
-            eos_pending = [submit(c, eos_params) for c in contexts]
+            n = len(self.eos_ids) + 1  # the probe leaves the EOS ids and one sink token
+            eos_pending = [submit(c, self._params(1, n, cons, t, eos_probe=True)) for c, t in zip(contexts, req.tokens)]
         # 1. Expansion: fused into the previous step's rollouts, except after prefill.
         top = req.beams.top
         if top is None:
-            outs = self._wait([submit(c, self._params(1, req.k)) for c in contexts], stop)
+            outs = self._wait([submit(c, self._params(1, req.k, cons, t)) for c, t in zip(contexts, req.tokens)],
+                              stop)
             top = [_top(o.logprobs[0], req.k) for o in outs]
             forwards += 1
             tokens += sum(len(c) for c in contexts)
@@ -272,9 +294,14 @@ class VLLMBackend(Backend):
         rows: list[tuple[list[int], list[float]] | None] = [None] * len(seq)
         if req.n_forward:
             fused = req.n_forward >= req.commit
-            params = self._params(req.n_forward, req.k if fused else 0)
             beam_of = [b for b, ids in enumerate(top_ids) for _ in ids]
-            outs = self._wait([submit(contexts[b] + s, params) for b, s in zip(beam_of, seq)], stop)
+            if cons is None:
+                same = self._params(req.n_forward, req.k if fused else 0)
+                params = [same] * len(seq)
+            else:  # each candidate's rollout is masked from the state after beam + candidate
+                params = [self._params(req.n_forward, req.k if fused else 0, cons, req.tokens[b] + s)
+                          for b, s in zip(beam_of, seq)]
+            outs = self._wait([submit(contexts[b] + s, p) for b, s, p in zip(beam_of, seq, params)], stop)
             for r, out in enumerate(outs):
                 ids = list(out.token_ids)
                 seq[r] += ids
@@ -285,7 +312,7 @@ class VLLMBackend(Backend):
             tokens += len(seq) * req.n_forward
         eos: list[tuple[int, float] | None] = [None] * len(contexts)
         if eos_pending:
-            eos = [(o.token_ids[0], o.logprobs[0][o.token_ids[0]].logprob) for o in self._wait(eos_pending, stop)]
+            eos = [_best_eos(o.logprobs[0], self.eos_ids) for o in self._wait(eos_pending, stop)]
         return StepResult(top_ids, top_lp, eos, seq, seq_lp, rows, forwards=forwards, tokens=tokens)
 
     def commit(self, result: StepResult, rows: Sequence[int], commit: int) -> _Beams:
@@ -315,6 +342,13 @@ def _top(logprobs: dict, k: int) -> tuple[list[int], list[float]]:
     """The ``k`` best entries of one position's vLLM logprobs (which may add the sampled token)."""
     best = sorted(logprobs.items(), key=lambda kv: (kv[1].rank if kv[1].rank is not None else 1 << 30, kv[0]))[:k]
     return [t for t, _ in best], [lp.logprob for _, lp in best]
+
+
+def _best_eos(logprobs: dict, eos_ids: frozenset[int]) -> tuple[int, float]:
+    """The most likely EOS id and its log-prob (ties -> the lowest id, as ``base.best_eos``). An EOS
+    id missing from an EOS probe's answer was masked (``-inf`` ties may leave it out of the top)."""
+    found = {t: lp.logprob for t, lp in logprobs.items() if t in eos_ids}
+    return max(((t, found.get(t, -math.inf)) for t in sorted(eos_ids)), key=lambda e: (e[1], -e[0]))
 
 
 def _cuda() -> bool:
