@@ -160,11 +160,6 @@ def _xfail(name: str, reason: str) -> Any:
 @pytest.mark.slow  # real generations on the embedded model
 class TestChatDeALIntegration(_Capabilities, ChatModelIntegrationTests):
     # Model quality, each listed with its reason in docs/structured.md:
-    test_json_mode = _xfail(
-        "test_json_mode",
-        "model quality: json_mode allows any JSON object (the schema only picks the parser) and the "
-        "135M model nests them, {\"setup\": {\"punchline\": ...}}, instead of two string fields; "
-        "method='json_schema' constrains to the schema and passes (test_structured_output)")
     test_agent_loop = _xfail(
         "test_agent_loop",
         "model quality: with tool_choice='auto' the 135M model answers the weather question in text "
