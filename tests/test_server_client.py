@@ -208,3 +208,18 @@ def test_judge_url_is_the_servers_only_model(vllm_server, engine):
     scores = reward.score("Tell me something.", ["Dogs are loyal pets.", "The stock market fell today."])
     assert reward.judge.model == SERVED_NAME and all(0.0 <= s <= 1.0 for s in scores)
     assert reward.judge.tokenizer("Hello")["input_ids"] == engine.tokenizer("Hello")["input_ids"]
+
+
+@pytest.mark.parametrize("prompt_logprobs", [None, [], [-0.5, None]])
+def test_echo_without_prompt_logprobs_is_a_server_error(prompt_logprobs):
+    # A server that ignores echo's prompt log-probs (not every OpenAI-compatible server gives them)
+    # must fail the request with a ServerError that says what the server lacks -- it used to be a
+    # TypeError from float(None) deep in the EOS probe.
+    from deal_core.backends.server import _echoed_logprob
+    from deal_core.remote import Completion
+
+    done = Completion(token_ids=[1], logprobs=[-0.1], top=[[(1, -0.1)]], prompt_logprobs=prompt_logprobs)
+    with pytest.raises(ServerError, match="no prompt log-probs.*echo"):
+        _echoed_logprob(done, "http://127.0.0.1:1/v1")
+    assert _echoed_logprob(Completion([1], [-0.1], [[(1, -0.1)]], prompt_logprobs=[None, -0.25]),
+                           "http://x/v1") == -0.25

