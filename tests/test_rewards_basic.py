@@ -145,3 +145,26 @@ def test_repetition_reward_penalises_repeated_ngrams():
     assert rr.score("", ["the big dog and the big dog"]) == [0.75]
     with pytest.raises(ValueError):
         RepetitionReward(per_repeat=0)
+
+
+def test_keyword_stemming_is_thread_safe():
+    # Rewards run on several threads at once (scheduler threads, callers, reward pools). One
+    # Snowball stemmer shared by all of them corrupted the words in flight: KeywordReward raised
+    # IndexError in a full test run. Uncached stemming from 8 threads must equal single-threaded.
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deal_core.rewards import inflection
+
+    stem = inflection.lemma_key.__wrapped__  # past the lru_cache: every call stems
+    words = [w + end for w in ("hold", "newspaper", "sitting", "beautiful", "generously", "nationalization")
+             for end in ("", "s", "ing", "ed", "ly", "ness")] * 40
+    expected = [stem(w) for w in words]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race shows every run
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: [stem(w) for w in words], range(16)))
+    finally:
+        sys.setswitchinterval(interval)
+    assert all(r == expected for r in results)

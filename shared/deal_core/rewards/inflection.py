@@ -7,7 +7,9 @@ forms, which no suffix stripper can see, come from a small table of the common o
 from __future__ import annotations
 
 import re
+import threading
 from functools import lru_cache
+from typing import Any
 
 import snowballstemmer
 
@@ -36,7 +38,19 @@ knife:knives leaf:leaves wife:wives life:lives shelf:shelves wolf:wolves loaf:lo
 calf:calves thief:thieves ox:oxen die:dying
 """
 
-_stemmer = snowballstemmer.stemmer("english")
+# One stemmer per thread: a Snowball stemmer keeps the word it is working on in its own fields, so
+# two threads sharing one corrupt each other's words (IndexError, or a wrong stem) -- and rewards run
+# on scheduler threads, the caller's threads and reward pools at once.
+_local = threading.local()
+
+
+def _stemmer() -> Any:
+    stemmer = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        stemmer = _local.stemmer = snowballstemmer.stemmer("english")
+    return stemmer
+
+
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 
@@ -57,7 +71,7 @@ def lemma_key(word: str) -> str:
     """A key shared by all inflections of ``word`` (lower-cased)."""
     w = word.lower()
     w = _FORM_TO_BASE.get(w, w)
-    return _stemmer.stemWord(w)
+    return _stemmer().stemWord(w)
 
 
 def words(text: str) -> list[str]:
