@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # Set up both venvs and run every test (`.ci/run` runs exactly this). Extra arguments go to pytest.
 #
-# Two pytest runs, at the same time so that they share the machine's cores:
-# - `.venv`: everything but the vLLM tests, on every core (pytest-xdist, `-n auto`).
-# - `.venv-vllm` (scripts/setup_vllm.sh, built meanwhile: most of that is download and unpacking):
-#   the tests marked `vllm` (tests/conftest.py sets the mark), i.e. the in-process vLLM backend and
-#   the real `vllm serve` of the server tests, in one process: one vLLM engine, one server.
-# The vLLM run's output is printed when both are done; the exit status is the first failure's.
+# 1. `.venv`: everything but the vLLM tests, on every core (pytest-xdist, `-n auto`). `--dist
+#    loadscope` keeps each module (each class) in one worker, so a module's fixtures -- the wheel's
+#    venv in tests/test_wheel.py -- are built once. (`--dist loadgroup` would not: pytest-xdist 3.8
+#    tags grouped tests through `item._nodeid`, which pytest 9 no longer reads.) Meanwhile
+#    `.venv-vllm` is built (scripts/setup_vllm.sh, mostly download and unpacking), at low priority.
+# 2. Then `.venv-vllm` runs the tests marked `vllm` (tests/conftest.py sets the mark): the
+#    in-process vLLM backend and the real `vllm serve` of the server tests, in one process (one
+#    engine, one server), on a machine of its own: vLLM's CPU engine binds its OpenMP threads to
+#    the cores, and shared with other busy processes it slows down several-fold.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-LOG="$(mktemp -t deal-vllm-tests.XXXXXX)"
-( bash scripts/setup_vllm.sh && .venv-vllm/bin/python -m pytest -q -m vllm -p no:cacheprovider "$@" ) >"$LOG" 2>&1 &
-VLLM_PID=$!
+LOG="$(mktemp -t deal-setup-vllm.XXXXXX)"
+nice -n 10 bash scripts/setup_vllm.sh >"$LOG" 2>&1 &
+SETUP_PID=$!
 status=0
-.venv/bin/python -m pytest -q -n "${DEAL_TEST_WORKERS:-auto}" --dist loadgroup -m "not vllm" "$@" || status=$?
-vllm_status=0
-wait "$VLLM_PID" || vllm_status=$?
-echo
-echo "==================== vLLM tests (.venv-vllm: bash scripts/setup_vllm.sh; pytest -m vllm) ===================="
-cat "$LOG"
+.venv/bin/python -m pytest -q -n "${DEAL_TEST_WORKERS:-auto}" --dist loadscope -m "not vllm" "$@" || status=$?
+if ! wait "$SETUP_PID"; then
+    cat "$LOG"; rm -f "$LOG"
+    echo "scripts/setup_vllm.sh failed (output above)" >&2
+    exit 1
+fi
 rm -f "$LOG"
-[ "$status" -ne 0 ] && exit "$status"
-exit "$vllm_status"
+.venv-vllm/bin/python -m pytest -q -m vllm -p no:cacheprovider "$@" || status=$?
+exit "$status"

@@ -115,7 +115,6 @@ def _uses_vllm(item: pytest.Item) -> bool:
             or "vllm" in (params.get("lm"), params.get("small_lm")))
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         name = item.nodeid.split("/")[-1]
@@ -123,13 +122,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
         if _uses_vllm(item):
             item.add_marker(pytest.mark.vllm)
-        if config.pluginmanager.hasplugin("xdist"):
-            # Under pytest-xdist (--dist loadgroup) the tests sharing an expensive fixture run in
-            # one worker, so it is built once, not once per worker.
-            if "vllm_server" in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group("vllm_server"))  # one `vllm serve`
-            elif name.startswith("test_wheel.py::"):
-                item.add_marker(pytest.mark.xdist_group("wheel"))  # one venv with the built wheel
 
 
 class _FastTierRegistry(dict):
