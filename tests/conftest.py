@@ -66,6 +66,10 @@ SLOW_WITHOUT_REAL_MODEL = {
 }
 
 
+#: Test modules that take minutes, longest first (scripts/test.sh's run; see pytest_collection_modifyitems).
+LONGEST_FIRST = ["test_wheel.py", "test_langchain_standard.py", "test_agents.py", "test_engine_api.py"]
+
+
 #: Fixtures that hold a real model (or a real server): a test that asks for one is slow. ``small_lm``
 #: is slow only for its vLLM parameter (its hf one is the tiny model).
 SLOW_FIXTURES = {"engine", "lm", "vllm_engine", "vllm_server"}
@@ -122,6 +126,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
         if _uses_vllm(item):
             item.add_marker(pytest.mark.vllm)
+    # The longest modules first (minutes each: a venv built from the wheel, the standard suite's
+    # real generations, real-model agents): pytest-xdist's loadscope hands out modules in this
+    # order, and one of them started last would leave the other workers idle until it ends.
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
+               else len(LONGEST_FIRST))
 
 
 class _FastTierRegistry(dict):
