@@ -27,4 +27,4 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 # Convert the embedded model's GGUF to its safetensors cache now (~30 s, once per machine), not in
 # whichever test, demo or pytest-xdist worker happens to load it first.
-.venv/bin/python -c "from deal_core.models import ensure_embedded_cache; ensure_embedded_cache(progress=False)"
+"$VENV/bin/python" -c "from deal_core.models import ensure_embedded_cache; ensure_embedded_cache(progress=False)"

@@ -75,10 +75,13 @@ LONGEST_FIRST = ["test_wheel.py", "test_langchain_standard.py", "test_agents.py"
 SLOW_FIXTURES = {"engine", "lm", "vllm_engine", "vllm_server"}
 
 
-def _uses_real_model(item: pytest.Item) -> bool:
-    fixtures = set(getattr(item, "fixturenames", ()))
+def _fixtures_and_params(item: pytest.Item) -> tuple[set[str], dict[str, object]]:
     callspec = getattr(item, "callspec", None)
-    params = callspec.params if callspec is not None else {}
+    return set(getattr(item, "fixturenames", ())), (callspec.params if callspec is not None else {})
+
+
+def _uses_real_model(item: pytest.Item) -> bool:
+    fixtures, params = _fixtures_and_params(item)
     return bool(fixtures & SLOW_FIXTURES) or params.get("small_lm") == "vllm"
 
 
@@ -113,10 +116,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def _uses_vllm(item: pytest.Item) -> bool:
     """In-process vLLM (``vllm_engine``, the ``vllm`` parameter of ``lm`` / ``small_lm``) or a real
     ``vllm serve`` (``vllm_server``)."""
-    callspec = getattr(item, "callspec", None)
-    params = callspec.params if callspec is not None else {}
-    return (bool({"vllm_engine", "vllm_server"} & set(getattr(item, "fixturenames", ())))
-            or "vllm" in (params.get("lm"), params.get("small_lm")))
+    fixtures, params = _fixtures_and_params(item)
+    return bool({"vllm_engine", "vllm_server"} & fixtures) or "vllm" in (params.get("lm"), params.get("small_lm"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
