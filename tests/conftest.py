@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,17 @@ def pytest_configure(config: pytest.Config) -> None:
     # of rounds). Timings live in benchmarks/, not tests: the tests run it once.
     if config.pluginmanager.hasplugin("benchmark"):
         config.option.benchmark_disable = True
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Hypothesis's pytest plugin imports all of Hypothesis (~1-2 s) for its end-of-run summary even
+    # when no test used it -- the fast tier does not even import tests/test_fuzz.py. Nothing to
+    # report then, so the plugin leaves before the summary (it runs after this hook).
+    if "hypothesis" not in sys.modules:
+        plugin = session.config.pluginmanager.get_plugin("hypothesispytest")
+        if plugin is not None:
+            session.config.pluginmanager.unregister(plugin)
 
 
 def _uses_vllm(item: pytest.Item) -> bool:
