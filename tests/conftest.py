@@ -117,9 +117,10 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     # Hypothesis's pytest plugin imports all of Hypothesis (~1-2 s) for its end-of-run summary even
-    # when no test used it -- the fast tier does not even import tests/test_fuzz.py. Nothing to
-    # report then, so the plugin leaves before the summary (it runs after this hook).
-    if "hypothesis" not in sys.modules:
+    # when no test used it. The fast tier has no Hypothesis test (it does not even import
+    # tests/test_fuzz.py): nothing to report, so the plugin leaves before the summary (which runs
+    # after this hook). Full runs keep it (under xdist the controller reports the workers' examples).
+    if _fast_tier(session.config) and "hypothesis" not in sys.modules:
         plugin = session.config.pluginmanager.get_plugin("hypothesispytest")
         if plugin is not None:
             session.config.pluginmanager.unregister(plugin)
