@@ -154,7 +154,7 @@ def main() -> None:
                 "inprocess_vllm": {k: v for k, v in a.items() if k != "texts"},
                 "server": {k: v for k, v in b.items() if k != "texts"},
                 # True: EOS log-probs from one prefix-cached request among the EOS ids; False: echo.
-                "server_eos_probe_fast": remote.backend.eos_probe_fast,
+                "server_eos_probe_fast": getattr(remote.backend, "eos_probe_fast", None),
                 "identical_texts": f"{same}/{len(work)}",
                 "overhead_wall": b["wall_s"] / a["wall_s"],
                 "overhead_cpu": b["cpu_s"] / a["cpu_s"] if a["cpu_s"] else None,
