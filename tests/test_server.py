@@ -178,6 +178,43 @@ async def test_cancellation_is_honoured(remote):
     assert after.text == before  # the engine is fine
 
 
+def test_end_aware_search_checks_the_fast_eos_probe_once_then_uses_it(remote, hf_texts, monkeypatch):
+    """The EOS probe (LengthReward is end-aware) is one prefix-cached request among the EOS ids; the
+    echo probe, which makes vLLM skip its prefix cache and score every prompt position, is sent only
+    once, to check the fast one -- it used to be sent at every step."""
+    backend, client = remote.backend, remote.backend.client
+    monkeypatch.setattr(backend, "eos_probe_fast", None)  # check again, in this test
+    sent: list[dict] = []
+    complete = client.acomplete
+
+    async def recording(*args, **kwargs):
+        sent.append(kwargs)
+        return await complete(*args, **kwargs)
+
+    monkeypatch.setattr(client, "acomplete", recording)
+    texts = [remote.search(keyword_prompt(w), rewards_for(w), PARITY).text for w in WORDS[5:8]]
+    assert texts == hf_texts[5:8]  # the same answers as the in-process hf oracle
+    assert backend.eos_probe_fast is True
+    assert sum(bool(k.get("echo")) for k in sent) == 1
+    assert sum(k.get("allowed_token_ids") is not None for k in sent) >= 3
+
+
+def test_fast_eos_probe_equals_the_exact_one(remote):
+    from deal_core.backends.server import _eos_agrees
+
+    backend = remote.backend
+    tok = backend.tokenizer
+    chat = tok.apply_chat_template(keyword_prompt(WORDS[0]), tokenize=False, add_generation_prompt=True)
+    answers = ["", "A dog", "A dog jumps to catch a frisbee.", "A dog jumps to catch a frisbee in the"]
+    rows = [tok(chat + a, add_special_tokens=False)["input_ids"] for a in answers]
+    fast = backend.client.run(backend._aeos_allowed(rows))
+    exact = backend.client.run(backend._aeos_echo(rows))
+    assert _eos_agrees(fast, exact), (fast, exact)
+    assert all(t in backend.eos_ids for t, _ in fast)
+    # Informative values, not a constant: ending after a full sentence beats ending mid-sentence.
+    assert fast[2][1] > fast[3][1] + 1.0
+
+
 def test_server_killed_mid_search_then_back(vllm_server, remote):
     """Runs last in this file: it kills the session server and starts it again."""
     if vllm_server.proc is None:

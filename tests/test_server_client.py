@@ -223,3 +223,14 @@ def test_echo_without_prompt_logprobs_is_a_server_error(prompt_logprobs):
         _echoed_logprob(done, "http://127.0.0.1:1/v1")
     assert _echoed_logprob(Completion([1], [-0.1], [[(1, -0.1)]], prompt_logprobs=[None, -0.25]),
                            "http://x/v1") == -0.25
+
+
+def test_eos_probe_check_rejects_what_a_server_may_do_wrong():
+    from deal_core.backends.server import _eos_agrees
+
+    exact = [(2, -6.5), (0, -9.0)]
+    assert _eos_agrees([(2, -6.5004), (0, -9.0)], exact)
+    assert not _eos_agrees(None, exact)  # the server refused allowed_token_ids
+    assert not _eos_agrees([(17, -0.3), (0, -9.0)], exact)  # ignored it: the greedy token came back
+    assert not _eos_agrees([(2, -0.0001), (0, -0.01)], exact)  # log-probs renormalised among the EOS ids
+    assert not _eos_agrees([(2, -6.5)], exact)

@@ -310,13 +310,16 @@ class ServerClient:
         return [int(t) for t in data["tokens"]]
 
     async def acomplete(self, model: str, prompts: Sequence[Sequence[int] | str], *, max_tokens: int,
-                        logprobs: int, ignore_eos: bool = True, echo: bool = False) -> list[Completion]:
+                        logprobs: int, ignore_eos: bool = True, echo: bool = False,
+                        allowed_token_ids: Sequence[int] | None = None) -> list[Completion]:
         """Greedy completions of ``prompts`` in ONE request (the server batches them).
 
         Token-id prompts go as token ids (no re-tokenisation); the answer's tokens come back as ids
         (``return_tokens_as_token_ids``), so two tokens with the same text never collide.
         ``ignore_eos``: roll out the full ``max_tokens`` (the search cuts at EOS itself).
         ``echo``: also return each prompt token's log-prob (``Completion.prompt_logprobs``).
+        ``allowed_token_ids``: sample only among these ids (vLLM's extension of the API; the log-probs
+        it returns are still the model's own unless the server runs with processed log-probs).
         """
         if not prompts:
             return []
@@ -327,6 +330,8 @@ class ServerClient:
         }
         if echo:
             body["echo"] = True
+        if allowed_token_ids is not None:
+            body["allowed_token_ids"] = [int(t) for t in allowed_token_ids]
         data = await self._json("POST", f"{self.base_url}/completions", json=body, model=model)
         choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
         if len(choices) != len(prompts):
@@ -372,10 +377,11 @@ class ServerClient:
         return self.run(self.ahealth())
 
     def complete(self, model: str, prompts: Sequence[Sequence[int] | str], *, max_tokens: int, logprobs: int,
-                 ignore_eos: bool = True, echo: bool = False, deadline: float | None = None,
-                 stop: Callable[[], bool] | None = None) -> list[Completion]:
+                 ignore_eos: bool = True, echo: bool = False, allowed_token_ids: Sequence[int] | None = None,
+                 deadline: float | None = None, stop: Callable[[], bool] | None = None) -> list[Completion]:
         return self.run(self.acomplete(model, prompts, max_tokens=max_tokens, logprobs=logprobs,
-                                       ignore_eos=ignore_eos, echo=echo), deadline=deadline, stop=stop)
+                                       ignore_eos=ignore_eos, echo=echo, allowed_token_ids=allowed_token_ids),
+                        deadline=deadline, stop=stop)
 
     def close(self) -> None:
         """Close the pooled connections (the client reopens them if used again)."""

@@ -9,9 +9,15 @@
   list of token-id prompts ``prompt + beam tokens + candidate``, ``max_tokens = n_forward`` at
   temperature 0, ``ignore_eos`` (the search cuts at EOS itself). The server batches the rows and its
   prefix cache makes the re-sent prefix cheap;
-- **"end here"** log-probs (end-aware rewards): the EOS token's log-prob after each beam when the top-k
-  does not hold it, read as a prompt log-prob (``echo``) of ``prompt + beam tokens + EOS``, in a second
-  request sent concurrently with the rollouts.
+- **"end here"** log-probs (end-aware rewards): the best EOS token and its log-prob after each beam when
+  the top-k does not hold it, in a second request sent concurrently with the rollouts: one token of
+  ``prompt + beam tokens`` sampled among the EOS ids only (``allowed_token_ids``), whose returned
+  log-prob is the model's own (vLLM's default raw log-probs). That request reads the prefix cache like
+  the rollouts. The exact but slow way -- the prompt log-prob (``echo``) of ``prompt + beam tokens +
+  EOS`` for every EOS id -- makes vLLM skip the prefix cache and score every prompt position, so it is
+  used only to check the fast way once per backend (same id, log-probs within ``1e-3``) and, where the
+  server disagrees or refuses ``allowed_token_ids`` (another server, or vLLM run with
+  ``--logprobs-mode processed_logprobs``), instead of it.
 
 Nothing of a request lives on the server between steps except what its prefix cache keeps: the
 backend's state is the beams' top-k (and EOS log-prob). So a server that restarts mid-search fails
@@ -97,6 +103,10 @@ class ServerBackend(Backend):
         self.vocab_size = len(self.tokenizer)
         window = info.get("max_model_len")
         self.context_window = int(window) if isinstance(window, int) and window > 0 else None
+        # How to read EOS log-probs on this server: None = not checked yet, True = allowed_token_ids
+        # (prefix-cached, one row per beam), False = echo (exact everywhere). See _aeos.
+        self.eos_probe_fast: bool | None = None
+        self._eos_check: asyncio.Lock | None = None
         if check:
             self.check_tokenizer()
 
@@ -190,20 +200,62 @@ class ServerBackend(Backend):
         )
 
     async def _aeos(self, prefixes: list[list[int]], beams_idx: list[int], beams: _Beams) -> None:
-        """Each listed beam's best EOS log-prob: the prompt log-prob of EOS after its tokens."""
+        """Each listed beam's best EOS id and its log-prob after the beam's tokens."""
+        rows = [prefixes[b] for b in beams_idx]
+        if self.eos_probe_fast is None:
+            if self._eos_check is None:  # made here, on the client's loop (every coroutine runs there)
+                self._eos_check = asyncio.Lock()
+            async with self._eos_check:  # concurrent first steps: one check
+                if self.eos_probe_fast is None:
+                    found = await self._aeos_echo(rows[:1])
+                    self.eos_probe_fast = _eos_agrees(await self._aeos_allowed_or_none(rows[:1]), found)
+        probe = self._aeos_allowed if self.eos_probe_fast else self._aeos_echo
+        for b, eos in zip(beams_idx, await probe(rows)):
+            beams.nexts[b].eos = eos
+
+    async def _aeos_allowed(self, rows: list[list[int]]) -> list[tuple[int, float]]:
+        """The fast probe: one greedy token per row among the EOS ids only (ties: the lower id, as
+        ``torch.argmax``), with its log-prob -- the model's own where the server returns raw log-probs."""
+        done = await self.client.acomplete(self.served_name, rows, max_tokens=1, logprobs=0,
+                                           allowed_token_ids=sorted(self.eos_ids))
+        return [(c.token_ids[0], c.logprobs[0]) for c in done]
+
+    async def _aeos_allowed_or_none(self, rows: list[list[int]]) -> list[tuple[int, float]] | None:
+        """The fast probe, or None where the server refuses it (a 4xx: no ``allowed_token_ids`` there)."""
+        try:
+            return await self._aeos_allowed(rows)
+        except (ConfigError, ServerError) as exc:
+            if isinstance(exc, ServerError) and (exc.status is None or exc.status >= 500):
+                raise  # the server is down or failing: not an answer about allowed_token_ids
+            return None
+
+    async def _aeos_echo(self, rows: list[list[int]]) -> list[tuple[int, float]]:
+        """The exact probe: the prompt log-prob (``echo``) of each EOS id after each row."""
         ids = sorted(self.eos_ids)
-        probes = [prefixes[b] + [e] for b in beams_idx for e in ids]
+        probes = [row + [e] for row in rows for e in ids]
         done = await self.client.acomplete(self.served_name, probes, max_tokens=1, logprobs=0, echo=True)
-        for i, b in enumerate(beams_idx):
+        out = []
+        for i in range(len(rows)):
             lps = [_echoed_logprob(done[i * len(ids) + j], self.client.base_url) for j in range(len(ids))]
             j = max(range(len(ids)), key=lambda j: (lps[j], -ids[j]))
-            beams.nexts[b].eos = (ids[j], lps[j])
+            out.append((ids[j], lps[j]))
+        return out
 
     def _best_eos(self, nxt: _Next) -> tuple[int, float] | None:
         in_top = [(t, v) for t, v in (nxt.top or []) if t in self.eos_ids]
         if in_top:
             return max(in_top, key=lambda e: (e[1], -e[0]))
         return nxt.eos
+
+
+def _eos_agrees(fast: list[tuple[int, float]] | None, exact: list[tuple[int, float]], tol: float = 1e-3) -> bool:
+    """Whether the fast EOS probe gave what the exact one did: the same ids, log-probs within ``tol``.
+
+    A server that ignored ``allowed_token_ids`` answers with a token that is not the best EOS; one that
+    returns log-probs after processing gives the EOS ids renormalised among themselves (near 0, where
+    the exact value is far below: the probe runs only where no EOS is in the top-k)."""
+    return fast is not None and len(fast) == len(exact) and all(
+        a[0] == b[0] and abs(a[1] - b[1]) <= tol for a, b in zip(fast, exact))
 
 
 def _echoed_logprob(done: Completion, base_url: str) -> float:
