@@ -18,7 +18,8 @@ def test_keyword_reward_raises_coverage_over_greedy(engine):
         return reward_of[prompt].score(prompt, texts)
 
     greedy = engine.search_batch(prompts, config=SearchConfig.greedy(32))
-    config = make_config(beam_width=2, top_k=4, lookahead=6, max_new_tokens=32, stop=["\n"])
+    # Two tokens committed a step: half the forwards of one, and still a search at every step.
+    config = make_config(beam_width=2, top_k=4, lookahead=6, commit_tokens=2, max_new_tokens=32, stop=["\n"])
     deal = engine.search_batch(prompts, [keywords], config)
     greedy_cov, deal_cov = [], []
     for words, g, d in zip(sets, greedy, deal):
