@@ -47,6 +47,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    #: POST (/tokenize): the status and error message to answer with.
+    post_answer = (404, "Not Found")
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        status, message = self.post_answer
+        body = json.dumps({"error": {"message": message, "code": status}}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, *args) -> None:
         pass
 
@@ -234,3 +247,28 @@ def test_eos_probe_check_rejects_what_a_server_may_do_wrong():
     assert not _eos_agrees([(17, -0.3), (0, -9.0)], exact)  # ignored it: the greedy token came back
     assert not _eos_agrees([(2, -0.0001), (0, -0.01)], exact)  # log-probs renormalised among the EOS ids
     assert not _eos_agrees([(2, -6.5)], exact)
+
+
+# Ray Serve LLM 2.60 has a /tokenize route that answers 400 with this message (seen against a
+# 2-replica deployment of the embedded model on this machine, 2026-11-29).
+RAY_NO_TOKENIZE = ("Message: This model does not support the 'tokenization' task. The tokenization endpoint "
+                   "is not available for this model.")
+
+
+def test_a_server_without_tokenization_skips_the_tokenizer_check():
+    server, _ = _serve(post_answer=(400, RAY_NO_TOKENIZE))
+    try:
+        client = ServerClient(f"http://127.0.0.1:{server.server_port}/v1", max_retries=0)
+        assert client.run(client.atokenize("m", "Hello")) is None  # nothing to compare with
+    finally:
+        server.shutdown()
+
+
+def test_other_tokenize_errors_still_raise():
+    server, _ = _serve(post_answer=(400, "The prompt is too long."))
+    try:
+        client = ServerClient(f"http://127.0.0.1:{server.server_port}/v1", max_retries=0)
+        with pytest.raises(ServerError, match="too long"):
+            client.run(client.atokenize("m", "Hello"))
+    finally:
+        server.shutdown()

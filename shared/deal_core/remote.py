@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -45,6 +46,9 @@ from .errors import (
     ServerUnavailable,
 )
 from .models import DEFAULT_MODEL, ensure_embedded_cache, shared
+
+#: A server's answer that it has a /tokenize route but no tokenization for the model (Ray Serve LLM).
+_NO_TOKENIZE = re.compile(r"(does not support|not available).*tokeni[sz]ation|tokeni[sz]ation.*(not supported|not available)", re.I)
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +308,9 @@ class ServerClient:
             data = await self._json("POST", f"{self.root_url}/tokenize", model=model,
                                     json={"model": model, "prompt": text, "add_special_tokens": add_special_tokens})
         except ServerError as exc:
-            if exc.status in (404, 405):
+            # 404/405: no such route. Ray Serve LLM has the route but answers 400 "This model does not
+            # support the 'tokenization' task": no endpoint either, for what the check needs.
+            if exc.status in (404, 405) or (exc.status == 400 and _NO_TOKENIZE.search(str(exc))):
                 return None
             raise
         return [int(t) for t in data["tokens"]]
