@@ -73,7 +73,8 @@ def _serve(**attrs) -> tuple[http.server.ThreadingHTTPServer, type]:
     handler = type("H", (_Handler,), dict(calls=0, **attrs))
     server = _QuietServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # A short poll: shutdown() waits up to one poll interval (0.5 s by default), once per test.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     return server, handler
 
 
