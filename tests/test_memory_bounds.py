@@ -112,3 +112,18 @@ def test_trace_size_grows_linearly_with_the_output(tiny):
                                       clean_up_tokenization_spaces=False)
     for cand in long.trace[-1].candidates:
         assert beam_text[: cand.rollout_offset] + cand.rollout_text in seen
+
+
+def test_prefill_projects_only_the_last_prompt_position_onto_the_vocabulary(tiny):
+    """A long prompt's prefill used to compute logits for every position ([prompt x vocab] floats:
+    390 MB for a 2,000-token prompt on SmolLM2's vocabulary) and read only the last one."""
+    head = tiny._loaded.model.get_output_embeddings()
+    widths: list[int] = []
+    hook = head.register_forward_hook(lambda module, args, out: widths.append(args[0].shape[1]))
+    try:
+        prompt = "Summarise this. " + "The harbour was quiet at dawn. " * 30
+        result = tiny.search(prompt, None, CFG)
+    finally:
+        hook.remove()
+    assert result.text is not None and len(widths) >= 2
+    assert max(widths) == 1  # prefill too: one position per row, not the prompt's ~200
