@@ -93,9 +93,11 @@ def _concurrently(engine, which) -> list[str]:
 
 @pytest.mark.timeout(1200)  # the first server test: its fixtures start `vllm serve` and run the hf oracle
 def test_parity_with_in_process_hf(remote, hf_texts):
-    texts = [remote.search(keyword_prompt(w), rewards_for(w), PARITY).text for w in WORDS[:5]]
-    assert texts == hf_texts[:5]
-    assert len(set(texts)) == 5  # five different answers, not one degenerate string
+    # One at a time (three: each is ~10 s of latency-bound steps; test_eight_concurrent_callers checks
+    # all eight under concurrency).
+    texts = [remote.search(keyword_prompt(w), rewards_for(w), PARITY).text for w in WORDS[:3]]
+    assert texts == hf_texts[:3]
+    assert len(set(texts)) == 3  # different answers, not one degenerate string
 
 
 def test_one_request_per_step(remote):
@@ -192,10 +194,10 @@ def test_end_aware_search_checks_the_fast_eos_probe_once_then_uses_it(remote, hf
         return await complete(*args, **kwargs)
 
     monkeypatch.setattr(client, "acomplete", recording)
-    texts = [remote.search(keyword_prompt(w), rewards_for(w), PARITY).text for w in WORDS[5:8]]
-    assert texts == hf_texts[5:8]  # the same answers as the in-process hf oracle
+    texts = [remote.search(keyword_prompt(w), rewards_for(w), PARITY).text for w in WORDS[5:6]]
+    assert texts == hf_texts[5:6]  # the same answer as the in-process hf oracle
     assert backend.eos_probe_fast is True
-    assert sum(bool(k.get("echo")) for k in sent) == 1
+    assert sum(bool(k.get("echo")) for k in sent) == 1  # one search of many steps: echo once
     assert sum(k.get("allowed_token_ids") is not None for k in sent) >= 3
 
 

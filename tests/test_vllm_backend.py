@@ -41,7 +41,7 @@ def test_greedy_ids_equal_hf(engine, vllm_engine):
 @pytest.mark.parametrize("reward", ["keywords", "length"])
 def test_deal_text_equals_hf(engine, vllm_engine, reward, commit):
     """fp32: the same beams, so the same text, on 5 prompts; length is end-aware (EOS candidates)."""
-    config = make_config(beam_width=2, top_k=3, lookahead=4, commit_tokens=commit, max_new_tokens=16)
+    config = make_config(beam_width=2, top_k=3, lookahead=4, commit_tokens=commit, max_new_tokens=12)
     jobs = [(p, [KeywordReward(w)] if reward == "keywords" else [LengthReward(6)], config)
             for p, w in zip(PROMPTS, WORDS)]
     hf = _each(engine, jobs)
