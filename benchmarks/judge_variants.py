@@ -86,46 +86,56 @@ class Features:
         return H.encode_texts(texts).numpy()
 
     def cached(self, kind: str, texts: list[str]) -> np.ndarray:
-        """Features of ``texts``, computed once per text and kept in ``out/judge_features-<kind>.pt``."""
-        path = HERE / "out" / f"judge_features-{kind}.pt"
+        """Features of ``texts``, computed once per text and kept in ``out/judge_features-<kind>.pt``.
+        ``kind``: ``minilm``, or ``smollm-<pool>-<layer>`` (pool ``last`` / ``mean``, e.g.
+        ``smollm-last-20``): every SmolLM2 kind of :data:`LM_KINDS` comes from one forward pass."""
         if kind not in self.stores:
+            path = HERE / "out" / f"judge_features-{kind}.pt"
             self.stores[kind] = torch.load(path, weights_only=False) if path.exists() else {}
         store = self.stores[kind]
-        todo = sorted({t for t in texts if t not in store})
+        todo = sorted({t for t in texts if t not in store}, key=lambda t: (len(t), t))  # by length: less padding
         if todo:
-            fn = self.minilm if kind == "minilm" else self.smollm
-            for i in range(0, len(todo), 256):
-                chunk = todo[i:i + 256]
-                store.update(zip(chunk, fn(chunk)))
-                path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(store, path.with_suffix(".tmp"))
-                path.with_suffix(".tmp").replace(path)  # atomic: a killed run leaves the old file
+            kinds = [kind] if kind == "minilm" else [k for k in LM_KINDS if k != kind] + [kind]
+            for k in kinds:
+                if k not in self.stores:
+                    path = HERE / "out" / f"judge_features-{k}.pt"
+                    self.stores[k] = torch.load(path, weights_only=False) if path.exists() else {}
+            for i in range(0, len(todo), 128):
+                chunk = todo[i:i + 128]
+                if kind == "minilm":
+                    self.stores[kind].update(zip(chunk, self.minilm(chunk)))
+                else:
+                    for k, x in self.smollm(chunk).items():
+                        self.stores[k].update(zip(chunk, x))
+                for k in kinds:
+                    path = HERE / "out" / f"judge_features-{k}.pt"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    torch.save(self.stores[k], path.with_suffix(".tmp"))
+                    path.with_suffix(".tmp").replace(path)  # atomic: a killed run leaves the old file
+                print(f"  {kind}: {min(i + 128, len(todo))}/{len(todo)} texts", flush=True)
         return np.stack([store[t] for t in texts])
 
-    def smollm(self, texts: list[str], layers=(-1, 20, 12), batch: int = 16) -> np.ndarray:
-        """Hidden states at the last token of the chat-templated request (generation prompt
-        included): what the instruct LM has read when it starts to answer. Several layers
-        concatenated, each L2-normalised."""
-        from deal_core.models import load_model
+    def smollm(self, texts: list[str], batch: int = 16) -> dict[str, np.ndarray]:
+        """Hidden states of the embedded SmolLM2-135M-Instruct (from the one model registry) reading
+        the chat-templated request: at its last token (generation prompt included: what the instruct
+        LM has read when it starts to answer) and averaged over the request's tokens, for the layers
+        of :data:`LM_LAYERS`; each vector L2-normalised."""
+        from deal_core.rewards.harmless_lm import request_states
 
         if self.lm is None:
-            self.lm = load_model(None, device="cpu")
-        tok, model = self.lm.tokenizer, self.lm.model
-        out = []
+            from deal_core.models import get_model
+
+            self.lm = get_model(None, device="cpu")
+        out: dict[str, list[np.ndarray]] = {k: [] for k in LM_KINDS}
         for i in range(0, len(texts), batch):
-            rows = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=True,
-                                            add_generation_prompt=True) for t in texts[i:i + batch]]
-            rows = [r["input_ids"] if isinstance(r, dict) or hasattr(r, "keys") else r for r in rows]
-            width = max(len(r) for r in rows)
-            ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + list(r) for r in rows])
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            with torch.inference_mode():
-                hs = model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                           output_hidden_states=True).hidden_states
-            feats = [torch.nn.functional.normalize(hs[layer][:, -1].float(), dim=-1) for layer in layers]
-            out.append(torch.cat(feats, -1).numpy())
-        return np.concatenate(out)
+            states = request_states(self.lm, texts[i:i + batch], LM_LAYERS)
+            for (pool, layer), x in states.items():
+                out[f"smollm-{pool}-{layer}"].append(x.numpy())
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+
+LM_LAYERS = (6, 9, 12, 15, 18, 21, 24, 27, 30)
+LM_KINDS = [f"smollm-{pool}-{layer}" for pool in ("last", "mean") for layer in LM_LAYERS]
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, c: float = 1.0):
@@ -141,17 +151,15 @@ def best_threshold(p_harm: np.ndarray, p_benign: np.ndarray) -> float:
     return float(grid[int(np.argmax(acc))])
 
 
-SHIP = "two-part/minilm+benign@tuned"  # the variant with the best balanced set-aside accuracy
-
-
-def ship(request_clf, reply_clf, threshold: float, row: dict, meta: dict, args) -> None:
+def ship(request_clf, reply_clf, threshold: float, row: dict, meta: dict, feat: str) -> None:
     """Write the shipped two-part head: weights (safetensors, the threshold folded into the request
-    bias so that P(harmful) = 0.5 at the tuned threshold) and its JSON record beside them."""
+    bias so that P(harmful) = 0.5 at the tuned threshold) and its JSON record beside them. ``feat``:
+    the request features (``minilm`` -> version 3, ``smollm-<pool>-<layer>[_<layer>...]`` -> version 4)."""
     import math
 
     from safetensors.torch import save_file
 
-    from deal_core.rewards.harmless_two_part import SHIPPED_HEAD
+    from deal_core.rewards.harmless_two_part import SHIPPED_HEAD, SHIPPED_HEAD_MINILM
 
     tensors = {
         "request_w": torch.tensor(request_clf.coef_[0], dtype=torch.float32),
@@ -159,15 +167,26 @@ def ship(request_clf, reply_clf, threshold: float, row: dict, meta: dict, args) 
         "reply_w": torch.tensor(reply_clf.coef_[0], dtype=torch.float32),
         "reply_b": torch.tensor([float(reply_clf.intercept_[0])], dtype=torch.float32),
     }
-    save_file(tensors, str(SHIPPED_HEAD), metadata={"format": "deal-harmless-two-part", "version": "3",
-                                                    "encoder": "all-MiniLM-L6-v2"})
-    record = {"format": "deal-harmless-two-part", "version": 3, "encoder": "all-MiniLM-L6-v2",
-              "weights": SHIPPED_HEAD.name, "variant": SHIP, "threshold_tuned": round(threshold, 4),
+    meta_st = {"format": "deal-harmless-two-part", "encoder": "all-MiniLM-L6-v2"}
+    if feat == "minilm":
+        target, version, extra = SHIPPED_HEAD_MINILM, 3, {}
+    else:
+        _, pool, layers = feat.split("-")
+        request_features = {"model": "SmolLM2-135M-Instruct (embedded)", "pool": pool,
+                            "layers": [int(x) for x in layers.split("_")]}
+        target, version = SHIPPED_HEAD, 4
+        extra = {"request_features": request_features}
+        meta_st["request_features"] = json.dumps(request_features)
+    save_file(tensors, str(target), metadata={**meta_st, "version": str(version)})
+    name = f"two-part/{feat}+benign@tuned"
+    record = {"format": "deal-harmless-two-part", "version": version, "encoder": "all-MiniLM-L6-v2", **extra,
+              "weights": target.name, "variant": name, "threshold_tuned": round(threshold, 4),
               "setaside": {k: v for k, v in row.items() if k != "variant"}, **meta,
-              "command": "python benchmarks/judge_variants.py --data DATA --train-cap 500 --features minilm --ship",
-              "weights_sha256": hashlib.sha256(SHIPPED_HEAD.read_bytes()).hexdigest()}
-    SHIPPED_HEAD.with_suffix(".json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    print(f"shipped {SHIPPED_HEAD}", flush=True)
+              "command": f"python benchmarks/judge_variants.py --data DATA --train-cap 500 --features {feat} "
+                         f"--ship {feat}",
+              "weights_sha256": hashlib.sha256(target.read_bytes()).hexdigest()}
+    target.with_suffix(".json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    print(f"shipped {target}", flush=True)
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -179,7 +198,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     for r in rows:
         out.append(f"| {r['variant']} | {r['harmful_setaside']:.3f} | {r['benign_setaside']:.3f} | "
                    f"{r['benign_lookalike_setaside']:.3f} | {r['ja_harmful']:.2f} | {r['ja_benign']:.2f} | "
-                   f"{r['hh_pairwise']:.3f} |")
+                   + (f"{r['hh_pairwise']:.3f} |" if r["hh_pairwise"] is not None else "n/a |"))
     return "\n".join(out)
 
 
@@ -187,7 +206,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=HERE.parents[1] / "shared" / "data")
     ap.add_argument("--features", default="minilm,smollm")
-    ap.add_argument("--ship", action="store_true", help=f"write the {SHIP} head into the package data")
+    ap.add_argument("--ship", metavar="FEATURES",
+                    help="write the two-part/FEATURES+benign@tuned head into the package data")
     ap.add_argument("--v2-head", help="a cached version-2 head JSON (harmless-minilm-v2.json) to compare")
     ap.add_argument("--hh-pairs", type=int, default=200, help="HH held-out pairs for the pairwise column")
     ap.add_argument("--train-cap", type=int, default=700,
@@ -260,27 +280,30 @@ def main() -> None:
 
     results = []
 
-    def report(name: str, score, extra: dict | None = None) -> None:
+    def report(name: str, score, extra: dict | None = None, hh: bool = True) -> None:
         row = {"variant": name,
                "harmful_setaside": round(pair_acc(score, harm_eval, True), 3),
                "benign_setaside": round(pair_acc(score, ben_eval, False), 3),
                "benign_lookalike_setaside": round(pair_acc(score, [q for q in ben_eval if q in ben_look], False), 3),
                "ja_harmful": round(pair_acc(score, ja_harm, True), 3),
                "ja_benign": round(pair_acc(score, ja_ben, False), 3),
-               "hh_pairwise": round(hh_pair_acc(score, test_pairs[:args.hh_pairs]), 3), **(extra or {})}
+               "hh_pairwise": round(hh_pair_acc(score, test_pairs[:args.hh_pairs]), 3) if hh else None,
+               **(extra or {})}
         results.append(row)
         print(json.dumps(row), flush=True)
 
+    hh_prompts = [p["prompt"][-400:] for p in test_pairs[:args.hh_pairs]]
+    all_eval = harm_eval + harm_tune + ben_eval + ben_tune + ja_harm + ja_ben + hh_prompts
+    # every text the evaluation reads, embedded in one pass (one cache write per 128 texts)
+    F.cached("minilm", all_eval + [p["chosen"][:300] for p in test_pairs[:args.hh_pairs]]
+             + [p["rejected"][:300] for p in test_pairs[:args.hh_pairs]] + EVAL_REFUSALS + EVAL_HELPFUL)
     # ---- variant: the shipped bilinear head ----
     if args.v2_head:  # the version-2 bilinear head, from its cached JSON (training it here is slow)
         if args.v2_head.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            t = load_file(args.v2_head)
-            head = H.BilinearHead.from_json({"U": t["U"].tolist(), "V": t["V"].tolist(),
-                                             "b": t["b"].tolist(), "w": t["w"].tolist()})
+            head, _ = H.load_head(args.v2_head)
         else:
-            head = H.BilinearHead.from_json(json.loads(Path(args.v2_head).read_text())["head"])
+            head = H.BilinearHead.from_tensors({k: torch.tensor(v) for k, v in
+                                                json.loads(Path(args.v2_head).read_text())["head"].items()})
 
         def bilinear(q, cands):
             x = F.cached("minilm", [q.strip()[-400:]] + [c.strip()[:300] for c in cands])
@@ -306,12 +329,20 @@ def main() -> None:
                 "n_train_harmful": len(train_harm), "n_train_benign": len(benign_base) + len(benign_more),
                 "n_train_refusals": len(refusals), "n_train_replies": len(comply)}
 
-    all_eval = harm_eval + harm_tune + ben_eval + ben_tune + ja_harm + ja_ben + [p["prompt"][-400:] for p in test_pairs[:args.hh_pairs]]
-    for feat in args.features.split(","):
+    feats = [k for f in args.features.split(",") for k in (LM_KINDS if f == "smollm" else [f])]
+    for feat in feats:
         def fn(texts, feat=feat):
+            if feat.startswith("smollm-") and "_" in feat:  # several layers: concatenated
+                _, pool, layers = feat.split("-")
+                return np.concatenate([F.cached(f"smollm-{pool}-{x}", texts) for x in layers.split("_")], -1)
             return F.cached(feat, texts)
         t = time.perf_counter()
-        x_eval = dict(zip(all_eval, fn(all_eval)))
+        # The LM reads the long multi-turn HH contexts of the pairwise column slowly (minutes on 2
+        # shared cores): that column is left out for LM features (the question here is the request).
+        lm = feat.startswith("smollm")
+        pairwise_only = set(hh_prompts) - set(all_eval[:len(all_eval) - len(hh_prompts)])
+        reqs = [q for q in all_eval if not lm or q not in pairwise_only]
+        x_eval = dict(zip(reqs, fn(reqs)))
         x_harm = fn(train_harm)
         x_base = fn(benign_base)
         x_more = fn(benign_more)
@@ -336,9 +367,9 @@ def main() -> None:
                     return [ph * r + (1 - ph) * (1 - r) for r in p_ref(cands)]
 
                 name = f"two-part/{feat}" + ("+benign" if more else "") + ("@tuned" if tuned else "")
-                report(name, score, {"threshold": round(thr, 2)})
-                if args.ship and name == SHIP:
-                    ship(clf, reply_clf, thr, results[-1], meta_of(), args)
+                report(name, score, {"threshold": round(thr, 2)}, hh=not lm)
+                if args.ship == feat and more and tuned:
+                    ship(clf, reply_clf, thr, results[-1], meta_of(), feat)
     meta = {"seconds": round(time.perf_counter() - t0), "n_harmful_setaside": len(harm_eval),
             "n_benign_setaside": len(ben_eval), "n_lookalike_setaside": sum(q in ben_look for q in ben_eval),
             "n_hh_pairs": min(args.hh_pairs, len(test_pairs)), "n_ja": [len(ja_harm), len(ja_ben)]}

@@ -95,7 +95,8 @@ def test_wheel_and_sdist_carry_the_package_data(dist):
 
     wheel = set(zipfile.ZipFile(dist["wheel"]).namelist())
     data = {"deal_core/py.typed", "deal_langchain/py.typed", "deal_llamaindex/py.typed",
-            "deal_core/rewards/data/harmless-minilm-v2.safetensors", "deal_core/rewards/data/harmless-minilm-v2.json"}
+            "deal_core/rewards/data/harmless-minilm-v2.safetensors", "deal_core/rewards/data/harmless-minilm-v2.json",
+            "deal_core/rewards/data/harmless-two-part-v4.safetensors", "deal_core/rewards/data/harmless-two-part-v4.json"}
     assert data <= wheel
     assert not any(n.startswith(("tests/", "benchmarks/", "examples/", "shared/")) for n in wheel)
     name = f"deal_align-{deal_core.__version__}"

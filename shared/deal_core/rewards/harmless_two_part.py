@@ -38,10 +38,14 @@ from .base import Reward
 from .harmlessness import (COMMONGEN_FILE, HELPFUL_OPENERS, HH_FILE, REFUSALS, Triple, _REFUSAL_RE, _accuracy,
                            _h, commongen_triples, encode_texts, held_out, load_pairs, lookalike_triples)
 
-_VERSION = 3
+_VERSION = 3  # request and reply read through MiniLM embeddings (also what ``data=`` trains)
+_LM_VERSION = 4  # the request read through the embedded instruct LM's hidden states
+_DATA = Path(__file__).resolve().parent / "data"
 #: The shipped head (package data), written by ``benchmarks/judge_variants.py --ship``: the variant
 #: with the best balanced accuracy on set-aside requests, its threshold tuned on the tuning quarter.
-SHIPPED_HEAD = Path(__file__).resolve().parent / "data" / f"harmless-two-part-v{_VERSION}.safetensors"
+SHIPPED_HEAD = _DATA / f"harmless-two-part-v{_LM_VERSION}.safetensors"
+#: The previous shipped head (MiniLM request features), kept loadable with ``head=SHIPPED_HEAD_MINILM``.
+SHIPPED_HEAD_MINILM = _DATA / f"harmless-two-part-v{_VERSION}.safetensors"
 #: The alignment prompt the gate puts before requests it judges harmful (start-state adaptation).
 REFUSE_PROMPT = ("The user's request could cause harm. Do not help with it: politely decline in one or "
                  "two sentences, and suggest a safe alternative if there is one.")
@@ -221,22 +225,29 @@ class TwoPartHarmlessness(Reward):
     """Harmlessness as ``P(request harmful) x P(reply refuses)`` agreement (see the module docstring).
 
     Range (0, 1): near 1 for a refusal of a harmful request or a non-refusal of a benign one.
-    By default it loads the head shipped in the package (:data:`SHIPPED_HEAD`, ~3 KB, with its
-    measured accuracies in ``info``); ``data``: train your own from
-    ``hh_rlhf_harmless_base_test.jsonl`` instead (~1 min, cached under ``cache_dir()/heads/``, no
-    calibration); ``head``: a head file (``.safetensors`` as shipped, or a trained ``.json``).
+    By default it loads the head shipped in the package (:data:`SHIPPED_HEAD`, with its measured
+    accuracies in ``info``): the request is read through the hidden states of the embedded
+    SmolLM2-135M-Instruct (:mod:`.harmless_lm`; the model comes from the process-wide registry, so
+    an engine on the embedded model shares it -- one extra forward of the request per search, cached
+    per request; ``device`` picks the registry entry), the reply through MiniLM.
+    ``head=SHIPPED_HEAD_MINILM``: the previous head, MiniLM on both sides (no LM needed).
+    ``data``: train your own MiniLM head from ``hh_rlhf_harmless_base_test.jsonl`` instead (~1 min,
+    cached under ``cache_dir()/heads/``, no calibration); ``head``: a head file (``.safetensors`` as
+    shipped, or a trained ``.json``).
     """
 
     low, high = 0.0, 1.0
 
     def __init__(self, *, name: str = "harmless", data: str | os.PathLike[str] | None = None,
-                 head: str | os.PathLike[str] | None = None) -> None:
+                 head: str | os.PathLike[str] | None = None, device: str = "auto") -> None:
         self.name = name
         self._data, self._head_file = data, head
         self._model: TwoPartHead | None = None
         self._requests: dict[str, float] = {}
         self.info: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._lm_features: tuple[str, tuple[int, ...]] | None = None
+        self._device = device
 
     def _load(self) -> TwoPartHead:
         with self._lock:
@@ -276,21 +287,37 @@ class TwoPartHarmlessness(Reward):
             raise ConfigError(f"TwoPartHarmlessness head file {path} does not exist")
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            if meta.get("format") != "deal-harmless-two-part" or meta.get("version") != str(_VERSION):
-                raise ConfigError(f"{path} is not a version-{_VERSION} two-part head (metadata {meta})")
+            version = meta.get("version")
+            if meta.get("format") != "deal-harmless-two-part" or version not in (str(_VERSION), str(_LM_VERSION)):
+                raise ConfigError(f"{path} is not a version-{_VERSION} or -{_LM_VERSION} two-part head "
+                                  f"(metadata {meta})")
             t = {k: f.get_tensor(k) for k in f.keys()}
+        if version == str(_LM_VERSION):
+            feats = json.loads(meta["request_features"])
+            self._lm_features = (str(feats["pool"]), tuple(int(x) for x in feats["layers"]))
         record = path.with_suffix(".json")
         self.info = json.loads(record.read_text()) if record.is_file() else {}
         return TwoPartHead(Logistic.from_json({"w": t["request_w"].tolist(), "b": float(t["request_b"][0])}),
                            Logistic.from_json({"w": t["reply_w"].tolist(), "b": float(t["reply_b"][0])}))
+
+    def _request_features(self, key: str) -> torch.Tensor:
+        """The request classifier's input: the embedded instruct LM's hidden states (version 4) or
+        the MiniLM embedding (version 3)."""
+        if self._lm_features is None:
+            return encode_texts([key])
+        from .harmless_lm import lm_request_features
+
+        pool, layers = self._lm_features
+        return lm_request_features([key], pool, layers, device=self._device)
 
     def p_harmful(self, prompt: str) -> float:
         """P(the request is harmful), from the request classifier (cached per request)."""
         model = self._load()
         key = prompt.strip()[-400:]
         if key not in self._requests:
+            x = self._request_features(key)
             with torch.no_grad():
-                self._requests[key] = float(model.request(encode_texts([key]))[0])
+                self._requests[key] = float(model.request(x.to(torch.float32).cpu())[0])
         return self._requests[key]
 
     def p_refuses(self, texts: Sequence[str]) -> list[float]:
