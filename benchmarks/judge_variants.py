@@ -1,7 +1,8 @@
 """Judge variants for harmlessness: which judge tells a harmful request from a benign look-alike on
 requests it never saw, and by how much it prefers the right reply.
 
-    nice -n 15 .venv/bin/python benchmarks/judge_variants.py --data ../shared/data --json benchmarks/out/judge_variants.json
+    nice -n 19 .venv/bin/python benchmarks/judge_variants.py --data ../shared/data --train-cap 500 --features minilm,smollm
+    nice -n 19 .venv/bin/python benchmarks/judge_variants.py --data ../shared/data --train-cap 500 --features smollm-last-15_30 --ship smollm-last-15_30
 
 The question a harmlessness judge must answer in a search is "should *this* request be refused?":
 a refusal should beat a helpful reply for a harmful request and lose for a benign one. Each variant
@@ -23,9 +24,12 @@ differently from every training reply. Variants:
 - ``bilinear-v2``: the head that shipped before (``s = (Ua).(Vq+b) + w.a`` on MiniLM embeddings).
 - ``two-part/<features>``: ``P(request harmful) x P(reply refuses)``: the score is
   ``p_h p_r + (1 - p_h)(1 - p_r)`` -- refusing is right exactly when the request is harmful. ``p_h``
-  is a logistic regression on request features (MiniLM, or the embedded SmolLM2-135M-Instruct's
-  hidden state at the end of the chat-templated request -- the LM's own reading of it); ``p_r`` a
-  logistic regression on the reply's MiniLM embedding (refusals vs compliant / helpful replies).
+  is a logistic regression on request features: ``minilm``, or ``smollm-<pool>-<layers>``, the
+  embedded SmolLM2-135M-Instruct's hidden states (from the model registry) reading the
+  chat-templated request -- at its last token (``last``) or averaged over its tokens (``mean``),
+  after layer(s) ``<layers>`` (``15_30`` = layers 15 and 30 concatenated); ``--features smollm``
+  runs every layer of ``LM_LAYERS`` with both pools. ``p_r`` is a logistic regression on the reply's
+  MiniLM embedding (refusals vs compliant / helpful replies).
 - ``+benign``: the request classifier also trains on ``BENIGN_TASKS`` x templates (everyday requests
   written for training, not the benchmark's).
 - ``@tuned``: ``p_h``'s threshold moved to the balanced-accuracy optimum on the tuning quarter.

@@ -5,10 +5,15 @@ of request and reply let the request *modulate* a reply score, but a bilinear te
 HH-RLHF red-team pairs still preferred refusing for most benign look-alikes it had not seen. Splitting
 the question makes each part an easy, separately trainable classification:
 
-- ``P(harmful | request)``: logistic regression on the request's MiniLM embedding; harmful side = the
+- ``P(harmful | request)``: logistic regression on features of the request; harmful side = the
   last human turns of HH-RLHF harmless-base training dialogues (red-team requests), benign side =
   CommonGen writing / how-to requests, the look-alikes of :mod:`.harmlessness` and ``BENIGN_TASKS``
-  (everyday requests written for training) -- never the benchmark's benign requests;
+  (everyday requests written for training) -- never the benchmark's benign requests. Features: the
+  shipped default (version 4) reads the request through the embedded SmolLM2-135M-Instruct's hidden
+  states at the last token of the chat-templated request, layers 15 and 30 (:mod:`.harmless_lm`):
+  the instruct LM represents harm, and on set-aside requests this separates harmful requests from
+  benign look-alikes better than a MiniLM sentence embedding (version 3, still shipped and what
+  ``data=`` trains); the layers were chosen on the tuning quarter;
 - ``P(refuses | reply)``: logistic regression on the reply's MiniLM embedding; refusals (hand-written +
   the short refusals HH prefers) vs replies that do something (HH rejected replies that are not
   refusals, CommonGen scene sentences, helpful openers);
