@@ -50,6 +50,13 @@ class SearchConfig(BaseModel):
         description="Add an 'end here' (EOS) candidate per beam at every step, which top-k rarely holds "
         "mid-sentence. None: only when a reward is end-aware (LengthReward).",
     )
+    sentence_ends: bool = Field(
+        False,
+        description="Let the search end texts at sentence ends it sees coming: each beam also proposes its "
+        "most likely sentence-end token ('.', '!', '?') as a candidate, and every sentence end inside a "
+        "rollout (and this one) becomes a finished 'end here' candidate. For end-aware rewards "
+        "(LengthReward) on requests that do not state the length; costs one more row per beam. hf backend.",
+    )
     response_format: ResponseFormat | None = Field(
         None,
         description="A hard structural constraint on the answer: a ResponseFormat, a pydantic model or "
@@ -106,7 +113,16 @@ class SearchConfig(BaseModel):
                 f"stop strings {self.stop} cannot be combined with response_format "
                 f"{self.response_format.name!r}: a stop string could cut a structured answer short; "
                 "drop the stop strings (the format decides where the answer ends)")
+        if self.response_format is not None and self.sentence_ends:
+            raise ValueError(
+                f"sentence_ends cannot be combined with response_format {self.response_format.name!r}: "
+                "a structured answer ends where its format closes; drop sentence_ends")
         return self
+
+    @property
+    def rows_per_beam(self) -> int:
+        """Candidates each live beam rolls out per step: ``top_k``, plus one with ``sentence_ends``."""
+        return self.top_k + (1 if self.sentence_ends else 0)
 
     @classmethod
     def greedy(cls, max_new_tokens: int = 64, **kwargs: Any) -> SearchConfig:

@@ -16,15 +16,15 @@ import time
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from .backends.base import best_eos
+from .backends.base import best_close, best_eos, sentence_end_ids
 from .config import SearchConfig
 from .prompts import PreparedPrompt
 from .result import SearchResult, SearchStats
 from .rewards import RewardSet
 from .errors import StructureError
-from .search import (_Decoder, _Hyp, apply_mask, eos_candidates, eos_token_ids, make_candidate,
-                     make_constraint, no_valid_candidate, proposes_eos, select, set_score, step_plan,
-                     structurally_valid)
+from .search import (_Decoder, _Hyp, apply_mask, eos_candidates, eos_token_ids, first_of_each_end,
+                     make_candidate, make_constraint, no_valid_candidate, proposes_eos, select,
+                     sentence_end_rows, set_score, step_plan, structurally_valid)
 
 
 def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSet,
@@ -40,12 +40,15 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
     propose_eos = proposes_eos(config, rewards)
     # A response_format masks the expansion and every generated rollout token (a logits processor).
     constraint = make_constraint(config, model, tokenizer, eos)
+    # sentence_ends: a sentence-end candidate per beam, and "end here" at the rollouts' sentence ends.
+    close_ids = sentence_end_ids(tokenizer) if config.sentence_ends else None
 
     while True:
         commit, look, _ = step_plan(config, len(beams[0].tokens))
         n_generate = max(look, commit - 1)  # rollout tokens needed after the candidate token
         candidates: list[_Hyp] = []
         ends: list[tuple[_Hyp, list[int], list[float]]] = []  # "end here" candidates go last
+        rollout_ends: list[_Hyp] = []  # ... then those at the rollouts' sentence ends (sentence_ends)
         for beam in beams:
             context = prompt.input_ids + beam.tokens
             with torch.inference_mode():
@@ -56,19 +59,31 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
             if constraint is not None:
                 next_lp = apply_mask(next_lp[None], constraint.mask(beam.tokens))[0]
             top_lp, top_ids = next_lp.topk(min(config.top_k, logits.shape[-1]))
-            for token, token_lp in zip(top_ids.tolist(), top_lp.tolist()):
-                row, row_lp = [token], [token_lp]
+            proposals = list(zip(top_ids.tolist(), top_lp.tolist()))
+            if close_ids:  # the beam's most likely sentence-end token that top-k does not hold
+                close_id, close_lp = best_close(next_lp[None], top_ids[None], close_ids)
+                proposals.append((int(close_id[0]), float(close_lp[0])))
+            for token, token_lp in proposals:
+                row, row_lp, row_eos = [token], [token_lp], []
                 if n_generate:
-                    row_more, lp_more = _generate(model, context + [token], n_generate, device, eos, stats,
-                                                  constraint, beam.tokens + [token])
+                    row_more, lp_more, row_eos = _generate(model, context + [token], n_generate, device, eos,
+                                                           stats, constraint, beam.tokens + [token])
                     row, row_lp = row + row_more, row_lp + lp_more
                 candidates.append(_scored(dec, eos, beam, row, row_lp, commit, look, prompt, rewards,
                                           config, stats))
+                if close_ids is not None:
+                    rollout_ends += [_with_values(hyp, rollout_text, ended, prompt, rewards, config, stats)
+                                     for hyp, rollout_text, ended, _, _ in sentence_end_rows(
+                                         dec, eos, close_ids, beam, row, row_lp, row_eos, look,
+                                         config.max_new_tokens)]
             if propose_eos:
                 for _, token, lp in eos_candidates(eos, best_eos(eos, next_lp[None]), [top_ids.tolist()]):
                     ends.append((beam, [token], [lp]))
         for beam, row, row_lp in ends:
             candidates.append(_scored(dec, eos, beam, row, row_lp, 1, 0, prompt, rewards, config, stats))
+        candidates += rollout_ends
+        if close_ids is not None:  # the same finished text offered twice: the first one counts
+            candidates = [h for h, keep in zip(candidates, first_of_each_end(finished, candidates)) if keep]
         stats.steps += 1
         if constraint is not None:
             candidates = [h for h in candidates if structurally_valid(constraint, h)]
@@ -94,6 +109,10 @@ def _scored(dec, eos, beam, row, row_lp, commit, look, prompt, rewards, config, 
     """One candidate, its reward computed on its own (no cache)."""
     hyp, rollout_text, ended, _, _ = make_candidate(dec, eos, beam, row, row_lp, commit, look,
                                                     config.max_new_tokens)
+    return _with_values(hyp, rollout_text, ended, prompt, rewards, config, stats)
+
+
+def _with_values(hyp, rollout_text, ended, prompt, rewards, config, stats) -> _Hyp:
     values: tuple[float, ...] = hyp.values
     if rewards:
         values = rewards.evaluate(prompt.reward_prompt, [rollout_text],
@@ -117,9 +136,11 @@ class _Masked(LogitsProcessor):
 
 
 def _generate(model, context: list[int], n: int, device, eos: set[int], stats: SearchStats,
-              constraint=None, generated: list[int] | None = None) -> tuple[list[int], list[float]]:
-    """Greedy ``n`` tokens after ``context`` with a fresh ``generate`` call; tokens and log-probs
-    (under a constraint: masked, renormalised over the allowed tokens, as the fast search does)."""
+              constraint=None, generated: list[int] | None = None
+              ) -> tuple[list[int], list[float], list[tuple[int, float]]]:
+    """Greedy ``n`` tokens after ``context`` with a fresh ``generate`` call; tokens, log-probs
+    (under a constraint: masked, renormalised over the allowed tokens, as the fast search does) and,
+    per generated token, the best EOS token and its log-prob where that token was chosen."""
     ids = torch.tensor([context], device=device)
     # A fresh, explicit config: the model's own generation defaults (repetition penalty, ...) must not
     # change what "greedy" means. Stopping at EOS is fine: the candidate is cut there anyway.
@@ -132,7 +153,9 @@ def _generate(model, context: list[int], n: int, device, eos: set[int], stats: S
                              logits_processor=processors)
     tokens = out.sequences[0, len(context):].tolist()
     steps = out.scores if constraint is not None else out.logits  # scores: after the mask
-    lps = [torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(steps, tokens)]
+    dists = [torch.log_softmax(step[0].float(), -1) for step in steps]
+    lps = [d[t].item() for d, t in zip(dists, tokens)]
+    ends = [best_eos(eos, d[None])[0] for d in dists[: len(tokens)]] if eos else []
     stats.lm_forward_passes += len(tokens)
     stats.lm_tokens += len(context) + len(tokens) - 1
-    return tokens, lps
+    return tokens, lps, ends

@@ -197,10 +197,11 @@ class _Requests:
 
     def check(self, config: SearchConfig) -> None:
         """Raise :class:`ConfigError` if one request with ``config`` could never be admitted."""
-        rows = config.beam_width * config.top_k
+        rows = config.beam_width * config.rows_per_beam
         if rows > self.max_batch_rows:
+            extra = " (+1 for sentence_ends)" if config.sentence_ends else ""
             raise ConfigError(
-                f"beam_width={config.beam_width} x top_k={config.top_k} = {rows} rows per step exceeds "
+                f"beam_width={config.beam_width} x top_k={config.top_k}{extra} = {rows} rows per step exceeds "
                 f"this engine's max_batch_rows={self.max_batch_rows}; lower beam_width or top_k, or "
                 f"create the engine with a larger max_batch_rows"
             )

@@ -3,12 +3,15 @@
 Decoding is a search over continuations. At every step:
 
 1. each live beam proposes its ``top_k`` next tokens by LM probability (plus an "end here" EOS
-   candidate when a reward cares how texts end: it needs no rollout, so it costs no forward);
+   candidate when a reward cares how texts end: it needs no rollout, so it costs no forward; and,
+   with ``sentence_ends``, its most likely sentence-end token as one more rolled-out candidate);
 2. every candidate is rolled out ``lookahead`` tokens greedily -- all candidates of all beams of all
    prompts in ONE batched forward per lookahead position, each row starting from its beam's KV cache
    (rows are copied from the beam, never recomputed);
 3. the rollout text (generated so far + candidate + lookahead) is scored by the rewards, once per
-   distinct text per search (end-aware rewards also learn whether the rollout is complete);
+   distinct text per search (end-aware rewards also learn whether the rollout is complete); with
+   ``sentence_ends``, every sentence end inside a rollout is also a finished "end here" candidate
+   (the rollout's tokens up to it, then EOS), scored as the complete text it is;
 4. score = log P(committed tokens | prompt) + reward_scale * sum_i w_i * R_i(prompt, rollout);
 5. the best ``beam_width`` hypotheses (new candidates and already finished ones) survive. A survivor
    commits its candidate token plus the next ``commit_tokens - 1`` rollout tokens, and keeps the
@@ -39,7 +42,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .backends.base import (Backend, StepRequest, StepResult, TokenConstraint,  # noqa: F401 (apply_mask,
-                            apply_mask, eos_token_ids)  # eos_token_ids: re-exported for reference.py)
+                            apply_mask, eos_token_ids,  # eos_token_ids: re-exported for reference.py)
+                            sentence_end_ids)
 from .config import SearchConfig
 from .errors import ConfigError, NoValidCandidate, SearchCancelled, SearchTimeout, StructureError
 from .prompts import PreparedPrompt
@@ -219,6 +223,46 @@ def eos_candidates(eos: set[int] | frozenset[int], best: Sequence[tuple[int, flo
     return out
 
 
+def sentence_end_rows(dec: _Decoder, eos: AbstractSet[int], close_ids: AbstractSet[int], beam: _Hyp,
+                      row: list[int], row_lp: list[float], row_eos: Sequence[tuple[int, float]],
+                      look: int, max_new_tokens: int) -> list[tuple[_Hyp, str, bool, list[int], float]]:
+    """Finished "end here" candidates at the sentence ends of one rollout (``sentence_ends``).
+
+    ``row`` is a candidate token and its greedy rollout, ``row_eos[j]`` the best EOS token and its
+    log-prob after ``row[: j + 1]``. For every sentence-end token ``row[j]`` within the ``look``
+    tokens the rewards see (and before the rollout ends at EOS or a stop string): the hypothesis
+    ``beam + row[: j + 1] + EOS`` (as :func:`make_candidate` returns it). A good end point seen in a rollout is kept even when the beams
+    commit past it, and the sentence-end candidate a beam proposes can end right there.
+    """
+    out = []
+    for j in range(min(look, len(row_eos), len(row) - 1)):
+        if row[j] in eos:
+            break
+        if row[j] not in close_ids:
+            continue
+        token, v = row_eos[j]
+        if v == -math.inf:
+            continue
+        cand = make_candidate(dec, eos, beam, row[: j + 1] + [token], row_lp[: j + 1] + [v], j + 2, 0,
+                              max_new_tokens)
+        if cand[0].finish == "stop":  # the text already ended at a stop string before this point
+            break
+        out.append(cand)
+    return out
+
+
+def first_of_each_end(finished: Sequence[_Hyp], hyps: Sequence[_Hyp]) -> list[bool]:
+    """With ``sentence_ends`` the same finished text can be offered twice (a rollout's end, then the
+    beam's "end here" once it got there): keep the first, so that copies do not fill the beam."""
+    seen = {(tuple(h.tokens), h.finish) for h in finished}
+    keep = []
+    for h in hyps:
+        key = (tuple(h.tokens), h.finish)
+        keep.append(h.finish is None or key not in seen)
+        seen.add(key)
+    return keep
+
+
 # ---- One request's search -----------------------------------------------------------------------
 
 @dataclass
@@ -268,6 +312,12 @@ class SearchState:
         self.trace: list[TraceStep] = []
         self.scored: dict[tuple[str, bool], tuple[float, ...]] = {}  # (rollout text, ended) -> values
         self.propose_eos = proposes_eos(config, rewards)
+        self.close_ids: frozenset[int] | None = None
+        if config.sentence_ends:
+            if not backend.supports_sentence_ends:
+                raise ConfigError(f"sentence_ends needs the backend's EOS log-probs inside rollouts, which the "
+                                  f"{backend.name!r} backend does not report; use backend='hf', or drop sentence_ends")
+            self.close_ids = sentence_end_ids(backend.tokenizer)
         no_rewards = tuple(0.0 for _ in rewards.items)
         self.live: list[_Hyp] = [_Hyp([], "", 0.0, 0.0, no_rewards)]
         self.finished: list[_Hyp] = []  # finished hypotheses still in the beam
@@ -288,8 +338,9 @@ class SearchState:
 
     @property
     def max_rows(self) -> int:
-        """The most forward rows one step of this search can take (beam_width x top_k)."""
-        return self.config.beam_width * self.config.top_k
+        """The most forward rows one step of this search can take (beam_width x top_k, +1 per beam
+        with sentence_ends)."""
+        return self.config.beam_width * self.config.rows_per_beam
 
     def timed_out(self, now: float | None = None) -> SearchTimeout | None:
         if self.deadline is not None and (now or time.perf_counter()) > self.deadline:
@@ -327,10 +378,18 @@ class SearchState:
         for b, token, lp in p.ends:  # "end here" candidates: finished, no rollout
             cands.append(make_candidate(dec, self.eos, self.live[b], [token], [lp], 1, 0, config.max_new_tokens))
             beam_of.append(b)
+        if self.close_ids is not None and p.out.seq_eos is not None:  # ends at the rollouts' sentence ends
+            for n in range(n_rows):
+                ends = sentence_end_rows(dec, self.eos, self.close_ids, self.live[n // k], p.seq[n], p.seq_lp[n],
+                                         p.out.seq_eos[n], p.look, config.max_new_tokens)
+                cands += ends
+                beam_of += [n // k] * len(ends)
         n_cands = len(cands)
         # With a structure, a candidate must be a valid prefix that can still close in the tokens
         # left (a finished one: complete); the rest never enter scoring or selection.
         valid = [True] * n_cands if self.constraint is None else [structurally_valid(self.constraint, c[0]) for c in cands]
+        if self.close_ids is not None:
+            valid = [v and keep for v, keep in zip(valid, first_of_each_end(self.finished, [c[0] for c in cands]))]
 
         # ---- 4. Score: each reward once per step, on texts not seen before. ------------------------
         # Texts are keyed with whether they are complete: an end-aware reward may score them apart.
@@ -441,7 +500,7 @@ def forward(backend: Backend, states: Sequence[SearchState], stop: Callable[[], 
     plans = [step_plan(s.config, s.generated) for s in states]
     requests = [StepRequest(beams=s.beams, prompt_ids=s.prompt.input_ids, tokens=[h.tokens for h in s.live],
                             k=s.config.top_k, n_forward=n_forward, commit=commit, want_eos=s.propose_eos,
-                            constraint=s.constraint)
+                            constraint=s.constraint, close_ids=s.close_ids)
                 for s, (commit, _, n_forward) in zip(states, plans)]
     outs = backend.step(requests, stop)
     for s, (commit, look, n_forward), out in zip(states, plans, outs):

@@ -15,6 +15,8 @@ See ``SEAM.md`` in the project notes for the full contract (issue 15).
 from __future__ import annotations
 
 import math
+import re
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,6 +59,10 @@ class StepRequest:
     commit: int
     want_eos: bool = False
     constraint: TokenConstraint | None = None
+    #: Sentence-end token ids (``SearchConfig.sentence_ends``): each beam also proposes its most
+    #: likely one of these that top-k does not hold (an extra candidate, last of the beam's), and
+    #: the backend reports the best EOS after every rollout position (:attr:`StepResult.seq_eos`).
+    close_ids: frozenset[int] | None = None
 
 
 @dataclass
@@ -72,6 +78,9 @@ class StepResult:
     rows: Any
     forwards: int = 0
     tokens: int = 0
+    #: With ``close_ids``: ``seq_eos[r][j]`` is the best EOS token and its log-prob after
+    #: ``seq[r][: j + 1]``, for ``j < n_forward`` (the distributions the rollout computed anyway).
+    seq_eos: list[list[tuple[int, float]]] | None = None
 
 
 class Backend(ABC):
@@ -91,6 +100,8 @@ class Backend(ABC):
     supports_constraints: bool = False
     #: What to do instead, in the ConfigError for a constrained request on a backend without them.
     constraints_fix: str = "use backend='hf' for structured output"
+    #: Whether :attr:`StepRequest.close_ids` is honoured (``SearchConfig.sentence_ends``).
+    supports_sentence_ends: bool = False
 
     @abstractmethod
     def prefill(self, prompts: Sequence[Sequence[int]]) -> list[Prefilled]:
@@ -139,6 +150,43 @@ def best_eos(eos: set[int] | frozenset[int], next_lp: torch.Tensor) -> list[tupl
     ids = sorted(eos)
     lp, which = next_lp[:, ids].max(dim=-1)
     return [(ids[w], v) for v, w in zip(lp.tolist(), which.tolist())]
+
+
+_SENTENCE_END_TOKEN = re.compile(r"[.!?][\"')\]]*")
+_sentence_end_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def sentence_end_ids(tokenizer) -> frozenset[int]:
+    """Ids of the tokens that end a sentence on their own: ``.``, ``!`` or ``?``, optionally followed
+    by closing quotes or brackets (``."``, ``?)``), nothing else. Computed once per tokenizer."""
+    try:
+        return _sentence_end_cache[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    # Decoding all ~50k tokens one by one takes ~1 s; only tokens spelled with punctuation (plus the
+    # byte-level space marks) can qualify, so decode those alone.
+    punct = set(".!?\"')]")
+    maybe = [i for s, i in tokenizer.get_vocab().items() if s and punct.issuperset(s.strip("Ġ▁ "))
+             and any(c in ".!?" for c in s)]
+    ids = frozenset(i for i, text in zip(maybe, tokenizer.batch_decode([[i] for i in maybe]))
+                    if _SENTENCE_END_TOKEN.fullmatch(text))
+    try:
+        _sentence_end_cache[tokenizer] = ids
+    except TypeError:  # a tokenizer that cannot be weakly referenced: recomputed per call
+        pass
+    return ids
+
+
+def best_close(next_lp: torch.Tensor, top_ids: torch.Tensor,
+               close_ids: frozenset[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``next_lp`` ``[rows, vocab]``: the most likely token of ``close_ids`` that the row's
+    ``top_ids`` ``[rows, k]`` do not hold (ties -> the lowest id), as ``(ids [rows], log-probs [rows])``;
+    ``-inf`` when every close token is in top-k."""
+    ids = torch.tensor(sorted(close_ids), device=next_lp.device)
+    lp = next_lp[:, ids].clone()
+    lp[(ids[None, None, :] == top_ids[:, :, None].to(ids.device)).any(1)] = -math.inf
+    v, w = lp.max(dim=-1)
+    return ids[w], v
 
 
 def apply_mask(lp: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 from ..errors import SearchCancelled
 from ..kv import cache_kwargs, merge_expanded, take
 from ..models import LoadedModel
-from .base import Backend, Prefilled, StepRequest, StepResult, apply_mask, best_eos, eos_token_ids
+from .base import Backend, Prefilled, StepRequest, StepResult, apply_mask, best_close, best_eos, eos_token_ids
 
 
 @dataclass
@@ -61,6 +61,7 @@ class HFBackend(Backend):
     name = "hf"
     batches_requests = False
     supports_constraints = True
+    supports_sentence_ends = True
 
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
@@ -108,6 +109,10 @@ class HFBackend(Backend):
                                      for b in range(next_lp.shape[0])])
             k = min(req.k, next_lp.shape[-1])
             top_lp, top_ids = next_lp.topk(k, dim=-1)
+            if req.close_ids:  # a "close the sentence here" candidate per beam, after its top-k
+                close_id, close_lp = best_close(next_lp, top_ids, req.close_ids)
+                top_ids = torch.cat([top_ids, close_id[:, None].to(top_ids.device)], dim=-1)
+                top_lp = torch.cat([top_lp, close_lp[:, None].to(top_lp.device)], dim=-1)
             n_beams = next_lp.shape[0]
             eos: list[tuple[int, float] | None] = [*best_eos(self.eos_ids, next_lp)] if req.want_eos else []
             eos = eos or [None] * n_beams
@@ -140,6 +145,13 @@ class HFBackend(Backend):
         seq[:, 0] = torch.tensor([t for _, res, _, _ in spans for (t,) in res.seq], device=device)
         seq_lp[:, 0] = torch.tensor([v for _, res, _, _ in spans for (v,) in res.seq_lp], device=device)
         next_lps: dict[int, torch.Tensor] = {}
+        # Best EOS after every rollout position, for requests that end at sentence ends: [rows, n_forward]
+        ends = [(req, a, b) for req, _, a, b in spans if req.close_ids]
+        eos_ids = torch.tensor(sorted(self.eos_ids), device=device) if ends and self.eos_ids else None
+        eos_lp = eos_tok = None
+        if eos_ids is not None:
+            eos_lp = torch.full((n_rows, n_forward), -math.inf, device=device)
+            eos_tok = torch.zeros((n_rows, n_forward), dtype=torch.long, device=device)
         constrained = [(req, a, b) for req, _, a, b in spans if req.constraint is not None]
         with torch.inference_mode():
             for j in range(n_forward):
@@ -154,6 +166,9 @@ class HFBackend(Backend):
                 lp = torch.log_softmax(logits, dim=-1)
                 best = lp.argmax(-1)
                 seq[:, j + 1], seq_lp[:, j + 1] = best, lp.gather(-1, best[:, None]).squeeze(-1)
+                if eos_ids is not None:
+                    v, w = lp[:, eos_ids].max(dim=-1)  # ties -> the lowest id, as best_eos
+                    eos_lp[:, j], eos_tok[:, j] = v, eos_ids[w]
                 for i, (req, _, a, b) in enumerate(spans):
                     if j == req.commit - 1:
                         next_lps[i] = lp[a:b]
@@ -164,6 +179,10 @@ class HFBackend(Backend):
             res.rows = _Rows(cache, a, width - req.beams.length, req.beams.length, next_lps.get(i))
             res.forwards = req.n_forward
             res.tokens = (b - a) * req.n_forward
+            if req.close_ids:
+                res.seq_eos = ([list(zip(t[: req.n_forward], v[: req.n_forward]))
+                                for t, v in zip(eos_tok[a:b].tolist(), eos_lp[a:b].tolist())]
+                               if eos_ids is not None else [[] for _ in range(b - a)])
 
     @staticmethod
     def _masked(logits: torch.Tensor, seq: torch.Tensor, j: int, constrained) -> torch.Tensor:

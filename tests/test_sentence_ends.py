@@ -1,0 +1,108 @@
+""""sentence_ends": the search may close a sentence and end there, and ends at sentence ends it sees
+in a rollout -- how a length only the reward knows is met by a model whose sentences run long."""
+
+from __future__ import annotations
+
+import pytest
+
+from deal_core import LengthReward, RewardSet, make_config
+from deal_core.backends.base import sentence_end_ids
+from deal_core.errors import ConfigError
+from deal_core.prompts import prepare_prompt
+from deal_core.reference import reference_search
+from deal_core.rewards.base import Reward
+from deal_core.rewards.inflection import words
+from deal_core.search import _Decoder, _Hyp, sentence_end_rows
+
+
+class EndsASentence(Reward):
+    """1 for a complete text that ends with a full stop, ! or ?; an open text scores 1 (it may yet)."""
+
+    name, low, high, end_aware = "sentence", 0.0, 1.0, True
+
+    def score(self, prompt, candidates):
+        return [float(t.rstrip().rstrip("\"')]").endswith((".", "!", "?"))) for t in candidates]
+
+    def score_ended(self, prompt, candidates, ended):
+        return [s if done else 1.0 for s, done in zip(self.score(prompt, candidates), ended)]
+
+
+def _reference(engine, prompt, rewards, config):
+    prepared = prepare_prompt(engine.tokenizer, engine.model, prompt, alignment_prompt=None,
+                              max_new_tokens=config.max_new_tokens)
+    return reference_search(engine.model, engine.tokenizer, prepared, RewardSet.from_spec(rewards), config)
+
+
+def test_sentence_end_tokens(tokenizer):
+    ids = sentence_end_ids(tokenizer)
+    texts = {tokenizer.decode([i]) for i in ids}
+    assert {".", "!", "?", '."'} <= texts
+    assert not texts & {",", " the", "...", ".\n"}
+    assert sentence_end_ids(tokenizer) is ids  # computed once per tokenizer
+
+
+@pytest.mark.parametrize("target", [3, 5])
+def test_the_search_closes_a_sentence_inside_the_band(tiny, target):
+    # The random tiny model all but never writes a sentence end, so with "end here" candidates alone
+    # it ends mid-sentence; with sentence_ends it closes the sentence where the length is met.
+    config = make_config(beam_width=2, top_k=3, lookahead=3, max_new_tokens=20, reward_scale=100)
+    rewards = [LengthReward(target), EndsASentence()]
+    on = tiny.search("Once upon a time", rewards, config.model_copy(update={"sentence_ends": True}))
+    assert on.finish_reason == "eos" and on.reward_scores["sentence"] == 1.0
+    assert abs(len(words(on.text)) - target) <= 0.1 * target
+    assert on.reward_scores == {"length": 1.0, "sentence": 1.0}
+    off = tiny.search("Once upon a time", rewards, config)
+    assert off.reward_scores["sentence"] == 0.0 or off.reward_scores["length"] < 1.0
+
+
+SETTINGS = [
+    dict(beam_width=2, top_k=3, lookahead=4, max_new_tokens=12),
+    dict(beam_width=2, top_k=2, lookahead=3, commit_tokens=2, max_new_tokens=11),
+    dict(beam_width=3, top_k=2, lookahead=0, max_new_tokens=6),
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_fast_equals_reference_with_sentence_ends(tiny, settings):
+    config = make_config(sentence_ends=True, reward_scale=30, **settings)
+    rewards = [LengthReward(5), EndsASentence()]
+    for prompt in ["Once upon a time", "A list of fruits:"]:
+        fast = tiny.search(prompt, rewards, config)
+        ref = _reference(tiny, prompt, rewards, config)
+        assert fast.token_ids == ref.token_ids and fast.text == ref.text
+        assert fast.finish_reason == ref.finish_reason
+        assert fast.score == pytest.approx(ref.score, abs=1e-3)
+        assert fast.reward_scores == pytest.approx(ref.reward_scores)
+    # each beam rolled out top_k + 1 candidates (the last: a sentence end)
+    close = sentence_end_ids(tiny.tokenizer)
+    first = [c for c in fast.trace[0].candidates if not c.finished or len(c.token_ids) == 0]
+    assert len(first) >= settings["top_k"] + 1
+    assert fast.trace[0].candidates[settings["top_k"]].token_ids[0] in close
+
+
+def test_rollout_ends_stop_at_eos_stops_and_the_lookahead(tokenizer):
+    dec = _Decoder(tokenizer, ["\n"])
+    dot, bang = tokenizer.convert_tokens_to_ids("."), tokenizer.convert_tokens_to_ids("!")
+    word = tokenizer.encode(" cat")[0]
+    nl = tokenizer.encode("\n")[0]
+    eos = {tokenizer.eos_token_id}
+    close = sentence_end_ids(tokenizer)
+    beam = _Hyp([word], " cat", -1.0, 0.0, ())
+    row = [dot, word, bang, word, dot, word]
+    ends = [(tokenizer.eos_token_id, -0.5)] * 5
+    got = sentence_end_rows(dec, eos, close, beam, row, [-1.0] * 6, ends, look=5, max_new_tokens=50)
+    assert [c[0].tokens for c in got] == [[word, dot], [word, dot, word, bang], [word, dot, word, bang, word, dot]]
+    assert all(c[0].finish == "eos" and c[2] for c in got)
+    assert got[1][0].logprob == pytest.approx(-1.0 - 3.0 - 0.5) and got[1][4] == pytest.approx(-3.5)
+    # only what the rewards see (look tokens after the candidate), and never past EOS or a stop
+    assert len(sentence_end_rows(dec, eos, close, beam, row, [-1.0] * 6, ends, 2, 50)) == 1
+    assert len(sentence_end_rows(dec, eos, close, beam, [dot, word, tokenizer.eos_token_id, bang, word],
+                                 [-1.0] * 5, ends[:4], 4, 50)) == 1
+    assert len(sentence_end_rows(dec, eos, close, beam, [dot, nl, bang, word], [-1.0] * 4, ends[:3], 3, 50)) == 1
+
+
+def test_sentence_ends_refused_where_it_cannot_work(tiny):
+    with pytest.raises(ConfigError, match="sentence_ends"):
+        make_config(sentence_ends=True, response_format={"type": "json_object"})
+    backend = tiny.backend if hasattr(tiny, "backend") else None
+    assert backend is None or backend.supports_sentence_ends
