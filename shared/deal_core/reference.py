@@ -22,9 +22,10 @@ from .prompts import PreparedPrompt
 from .result import SearchResult, SearchStats
 from .rewards import RewardSet
 from .errors import StructureError
-from .search import (_Decoder, _Hyp, apply_mask, eos_candidates, eos_token_ids, first_of_each_end,
-                     make_candidate, make_constraint, no_valid_candidate, proposes_eos, select,
-                     sentence_end_rows, set_score, step_plan, structurally_valid)
+from .search import (_Decoder, _Hyp, apply_mask, ends_settled, eos_candidates, eos_token_ids,
+                     first_of_each_end, keep_ends_aside, make_candidate, make_constraint,
+                     no_valid_candidate, proposes_eos, reward_ceiling, select, sentence_end_rows,
+                     set_score, step_plan, structurally_valid)
 
 
 def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSet,
@@ -42,6 +43,7 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
     constraint = make_constraint(config, model, tokenizer, eos)
     # sentence_ends: a sentence-end candidate per beam, and "end here" at the rollouts' sentence ends.
     close_ids = sentence_end_ids(tokenizer) if config.sentence_ends else None
+    ceiling = reward_ceiling(rewards, config)
 
     while True:
         commit, look, _ = step_plan(config, len(beams[0].tokens))
@@ -64,7 +66,8 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
                 close_id, close_lp = best_close(next_lp[None], top_ids[None], close_ids)
                 proposals.append((int(close_id[0]), float(close_lp[0])))
             for token, token_lp in proposals:
-                row, row_lp, row_eos = [token], [token_lp], []
+                row, row_lp = [token], [token_lp]
+                row_eos: list[tuple[int, float]] = []
                 if n_generate:
                     row_more, lp_more, row_eos = _generate(model, context + [token], n_generate, device, eos,
                                                            stats, constraint, beam.tokens + [token])
@@ -92,11 +95,17 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
                 raise StructureError(f"no candidate can complete response_format "
                                      f"{fmt.name if fmt else None!r} within max_new_tokens")
         pool = finished + candidates
-        survivors = [pool[i] for i in select(pool, lambda h: (h.score, h.logprob), config.beam_width)]
+        if close_ids is None:
+            chosen = select(pool, lambda h: (h.score, h.logprob), config.beam_width)
+        else:  # finished texts take no beam slot: the best is kept aside until no beam can beat it
+            chosen = keep_ends_aside(pool, lambda h: h, config.beam_width)
+        survivors = [pool[i] for i in chosen]
         finished = [h for h in survivors if h.finish is not None]
         beams = [h for h in survivors if h.finish is None]
+        if close_ids is not None and ends_settled(finished, beams, ceiling):
+            beams = []
         if not beams:
-            best = survivors[0]
+            best = finished[0] if close_ids is not None and finished else survivors[0]
             if best.score == -math.inf and rewards:
                 raise no_valid_candidate(rewards.names, survivors)
             stats.wall_seconds = time.perf_counter() - t0

@@ -148,10 +148,8 @@ class HFBackend(Backend):
         # Best EOS after every rollout position, for requests that end at sentence ends: [rows, n_forward]
         ends = [(req, a, b) for req, _, a, b in spans if req.close_ids]
         eos_ids = torch.tensor(sorted(self.eos_ids), device=device) if ends and self.eos_ids else None
-        eos_lp = eos_tok = None
-        if eos_ids is not None:
-            eos_lp = torch.full((n_rows, n_forward), -math.inf, device=device)
-            eos_tok = torch.zeros((n_rows, n_forward), dtype=torch.long, device=device)
+        eos_lp = torch.full((n_rows, n_forward if eos_ids is not None else 0), -math.inf, device=device)
+        eos_tok = torch.zeros(eos_lp.shape, dtype=torch.long, device=device)
         constrained = [(req, a, b) for req, _, a, b in spans if req.constraint is not None]
         with torch.inference_mode():
             for j in range(n_forward):
