@@ -3,8 +3,6 @@ in a rollout -- how a length only the reward knows is met by a model whose sente
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from deal_core import LengthReward, RewardSet, make_config
@@ -14,7 +12,7 @@ from deal_core.prompts import prepare_prompt
 from deal_core.reference import reference_search
 from deal_core.rewards.base import Reward
 from deal_core.rewards.inflection import words
-from deal_core.search import _Decoder, _Hyp, ends_settled, keep_ends_aside, reward_ceiling, sentence_end_rows
+from deal_core.search import _Decoder, _Hyp, sentence_end_rows
 
 
 class EndsASentence(Reward):
@@ -118,23 +116,3 @@ def test_sentence_ends_refused_where_it_cannot_work(tiny):
         SearchState(prompt, RewardSet.from_spec([LengthReward(3)]), make_config(sentence_ends=True, max_new_tokens=4),
                     NoRolloutEnds(tiny.backend.loaded))
     assert tiny.backend.supports_sentence_ends
-
-
-def _h(text: str, score: float, logprob: float, finish=None) -> _Hyp:
-    return _Hyp([len(text)], text, logprob, score, (), finish=finish)
-
-
-def test_finished_texts_are_kept_aside_until_no_beam_can_beat_them():
-    # A text that ended early has paid for all its tokens; live beams have not yet. Plain selection
-    # drops it for two live beams; kept aside, it waits, and wins once the beams' log-prob (which
-    # only falls) plus the most reward they could still earn is below its score.
-    ended = _h("ended.", score=-8.0, logprob=-18.0, finish="eos")
-    pool = [_h("a", -3.0, -3.0), _h("b", -4.0, -4.0), ended, _h("c", -5.0, -5.0), _h("stop", -9.0, -9.0, "stop")]
-    assert keep_ends_aside(pool, lambda h: h, 2) == [0, 1, 2]
-    assert keep_ends_aside(pool[3:], lambda h: h, 2) == [0, 1]
-    assert not ends_settled([ended], [_h("a", -3.0, -17.0)], ceiling=10.0)  # -17 + 10 > -8: may still win
-    assert ends_settled([ended], [_h("a", -3.0, -18.5), _h("b", -4.0, -19.0)], ceiling=10.0)
-    assert not ends_settled([], [_h("a", -3.0, -30.0)], 10.0)
-    assert reward_ceiling(RewardSet.from_spec([LengthReward(3), (LengthReward(5), -0.5)]),
-                          make_config(reward_scale=10)) == pytest.approx(10.0)
-    assert reward_ceiling(RewardSet.from_spec([lambda p, t: 0.0]), make_config()) == math.inf

@@ -22,10 +22,9 @@ from .prompts import PreparedPrompt
 from .result import SearchResult, SearchStats
 from .rewards import RewardSet
 from .errors import StructureError
-from .search import (_Decoder, _Hyp, apply_mask, ends_settled, eos_candidates, eos_token_ids,
-                     first_of_each_end, keep_ends_aside, make_candidate, make_constraint,
-                     no_valid_candidate, proposes_eos, reward_ceiling, select, sentence_end_rows,
-                     set_score, step_plan, structurally_valid)
+from .search import (_Decoder, _Hyp, apply_mask, eos_candidates, eos_token_ids, first_of_each_end,
+                     make_candidate, make_constraint, may_end, no_valid_candidate, proposes_eos, select,
+                     sentence_end_rows, set_score, step_plan, structurally_valid)
 
 
 def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSet,
@@ -43,7 +42,6 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
     constraint = make_constraint(config, model, tokenizer, eos)
     # sentence_ends: a sentence-end candidate per beam, and "end here" at the rollouts' sentence ends.
     close_ids = sentence_end_ids(tokenizer) if config.sentence_ends else None
-    ceiling = reward_ceiling(rewards, config)
 
     while True:
         commit, look, _ = step_plan(config, len(beams[0].tokens))
@@ -72,13 +70,17 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
                     row_more, lp_more, row_eos = _generate(model, context + [token], n_generate, device, eos,
                                                            stats, constraint, beam.tokens + [token])
                     row, row_lp = row + row_more, row_lp + lp_more
-                candidates.append(_scored(dec, eos, beam, row, row_lp, commit, look, prompt, rewards,
-                                          config, stats))
+                hyp = _scored(dec, eos, beam, row, row_lp, commit, look, prompt, rewards, config, stats)
+                candidates.append(hyp)
                 if close_ids is not None:
-                    rollout_ends += [_with_values(hyp, rollout_text, ended, prompt, rewards, config, stats)
-                                     for hyp, rollout_text, ended, _, _ in sentence_end_rows(
-                                         dec, eos, close_ids, beam, row, row_lp, row_eos, look,
-                                         config.max_new_tokens)]
+                    row_ends = [_with_values(end, rollout_text, ended, prompt, rewards, config, stats)
+                                for end, rollout_text, ended, _, _ in sentence_end_rows(
+                                    dec, eos, close_ids, beam, row, row_lp, row_eos, look,
+                                    config.max_new_tokens)]
+                    if hyp.finish is None and row_ends:  # it may end at its rollout's sentence ends
+                        set_score(hyp, may_end(rewards, hyp.values, [e.values for e in row_ends]), rewards,
+                                  config)
+                    rollout_ends += row_ends
             if propose_eos:
                 for _, token, lp in eos_candidates(eos, best_eos(eos, next_lp[None]), [top_ids.tolist()]):
                     ends.append((beam, [token], [lp]))
@@ -95,17 +97,11 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
                 raise StructureError(f"no candidate can complete response_format "
                                      f"{fmt.name if fmt else None!r} within max_new_tokens")
         pool = finished + candidates
-        if close_ids is None:
-            chosen = select(pool, lambda h: (h.score, h.logprob), config.beam_width)
-        else:  # finished texts take no beam slot: the best is kept aside until no beam can beat it
-            chosen = keep_ends_aside(pool, lambda h: h, config.beam_width)
-        survivors = [pool[i] for i in chosen]
+        survivors = [pool[i] for i in select(pool, lambda h: (h.score, h.logprob), config.beam_width)]
         finished = [h for h in survivors if h.finish is not None]
         beams = [h for h in survivors if h.finish is None]
-        if close_ids is not None and ends_settled(finished, beams, ceiling):
-            beams = []
         if not beams:
-            best = finished[0] if close_ids is not None and finished else survivors[0]
+            best = survivors[0]
             if best.score == -math.inf and rewards:
                 raise no_valid_candidate(rewards.names, survivors)
             stats.wall_seconds = time.perf_counter() - t0

@@ -16,8 +16,6 @@ Decoding is a search over continuations. At every step:
 5. the best ``beam_width`` hypotheses (new candidates and already finished ones) survive. A survivor
    commits its candidate token plus the next ``commit_tokens - 1`` rollout tokens, and keeps the
    rollout's KV cache cropped to what it committed -- the greedy future is reused, not redone.
-   With ``sentence_ends``, finished hypotheses take no beam slot: the best one is kept aside and
-   the ``beam_width`` best live ones go on, until no live beam can still beat the one kept aside.
 
 A hypothesis finishes at EOS, at a stop string (cut from its text) or at ``max_new_tokens``; a prompt
 is done when every survivor has finished, and its answer is the best-scoring survivor.
@@ -253,34 +251,17 @@ def sentence_end_rows(dec: _Decoder, eos: AbstractSet[int], close_ids: AbstractS
     return out
 
 
-def reward_ceiling(rewards: RewardSet, config: SearchConfig) -> float:
-    """The most ``reward_scale * sum_i w_i R_i`` any text can score (``inf`` if a reward is unbounded)."""
-    top = 0.0
-    for item in rewards.items:
-        if item.weight:
-            top += max(item.weight * item.reward.high, item.weight * item.reward.low)
-    return config.reward_scale * top if config.reward_scale and not math.isnan(top) else 0.0
-
-
-def keep_ends_aside(pool: Sequence, hyp_of: Callable, beam_width: int) -> list[int]:
-    """Selection with ``sentence_ends``: the best ``beam_width`` live entries of ``pool`` go on and
-    the best finished one is kept aside (one finished text cannot fill the beam, and an early end
-    is not dropped because live beams -- which have paid for fewer tokens so far -- outscore it now).
-    Indices into ``pool``: the live ones by rank, then the finished one."""
-    def key(e):
-        h = hyp_of(e)
-        return h.score, h.logprob
-
-    live = [i for i, e in enumerate(pool) if hyp_of(e).finish is None]
-    done = [i for i, e in enumerate(pool) if hyp_of(e).finish is not None]
-    return ([live[j] for j in select([pool[i] for i in live], key, beam_width)]
-            + [done[j] for j in select([pool[i] for i in done], key, 1)])
-
-
-def ends_settled(finished: Sequence[_Hyp], live: Sequence[_Hyp], ceiling: float) -> bool:
-    """With ``sentence_ends``: the finished text kept aside can no longer be beaten -- a live beam's
-    log-prob only falls, so its score can at most reach its log-prob now plus the reward ceiling."""
-    return bool(finished) and bool(live) and finished[0].score >= max(h.logprob for h in live) + ceiling
+def may_end(rewards: RewardSet, own: tuple[float, ...], ends: Sequence[tuple[float, ...]]) -> tuple[float, ...]:
+    """With ``sentence_ends``: a live candidate's reward values are the best (by weighted total) of its
+    rollout's and those of the texts that end at the rollout's sentence ends -- it *may* end there
+    (the "end here" candidate is offered once a beam reaches that point, at the LM's price of EOS).
+    Without this, a rollout that passes an in-band sentence end and writes on scores as the
+    overshoot it is heading for, and the search steers away from the end it needs."""
+    best = own
+    for values in ends:
+        if rewards.total(values) > rewards.total(best):
+            best = values
+    return best
 
 
 def first_of_each_end(finished: Sequence[_Hyp], hyps: Sequence[_Hyp]) -> list[bool]:
@@ -350,7 +331,6 @@ class SearchState:
                 raise ConfigError(f"sentence_ends needs the backend's EOS log-probs inside rollouts, which the "
                                   f"{backend.name!r} backend does not report; use backend='hf', or drop sentence_ends")
             self.close_ids = sentence_end_ids(backend.tokenizer)
-        self.ceiling = reward_ceiling(rewards, config)
         no_rewards = tuple(0.0 for _ in rewards.items)
         self.live: list[_Hyp] = [_Hyp([], "", 0.0, 0.0, no_rewards)]
         self.finished: list[_Hyp] = []  # finished hypotheses still in the beam
@@ -411,23 +391,28 @@ class SearchState:
         for b, token, lp in p.ends:  # "end here" candidates: finished, no rollout
             cands.append(make_candidate(dec, self.eos, self.live[b], [token], [lp], 1, 0, config.max_new_tokens))
             beam_of.append(b)
+        ends_of: dict[int, list[int]] = {}  # row -> its rollout's sentence-end candidates
         if self.close_ids is not None and p.out.seq_eos is not None:  # ends at the rollouts' sentence ends
             for r in range(n_rows):
                 ends = sentence_end_rows(dec, self.eos, self.close_ids, self.live[r // k], p.seq[r], p.seq_lp[r],
                                          p.out.seq_eos[r], p.look, config.max_new_tokens)
+                ends_of[r] = list(range(len(cands), len(cands) + len(ends)))
                 cands += ends
                 beam_of += [r // k] * len(ends)
         n_cands = len(cands)
         # With a structure, a candidate must be a valid prefix that can still close in the tokens
         # left (a finished one: complete); the rest never enter scoring or selection.
         valid = [True] * n_cands if self.constraint is None else [structurally_valid(self.constraint, c[0]) for c in cands]
+        # sentence_ends (never with a structure) scores every candidate, also a repeated end, which
+        # does not enter selection again but still tells its row that it may end there.
+        scorable = valid
         if self.close_ids is not None:
             valid = [v and keep for v, keep in zip(valid, first_of_each_end(self.finished, [c[0] for c in cands]))]
 
         # ---- 4. Score: each reward once per step, on texts not seen before. ------------------------
         # Texts are keyed with whether they are complete: an end-aware reward may score them apart.
         aware = rewards.end_aware
-        keys = [(c[1], c[2] and aware) for c, ok in zip(cands, valid) if ok]
+        keys = [(c[1], c[2] and aware) for c, ok in zip(cands, scorable) if ok]
         if rewards:
             fresh = list(dict.fromkeys(key for key in keys if key not in self.scored))
             self.stats.cache_hits += n_cands - len(fresh)
@@ -439,10 +424,14 @@ class SearchState:
                 self.stats.reward_calls += len(rewards)
                 self.stats.candidates_scored += len(fresh)
         scored = iter(keys)
-        for (hyp, *_), ok in zip(cands, valid):
+        values_of = {i: self.scored[next(scored)] if rewards else cands[i][0].values
+                     for i in range(n_cands) if scorable[i]}
+        for r, alts in ends_of.items():  # a rollout that passes a sentence end may end there
+            if cands[r][0].finish is None and alts:
+                values_of[r] = may_end(rewards, values_of[r], [values_of[e] for e in alts])
+        for i, ((hyp, *_), ok) in enumerate(zip(cands, valid)):
             if ok:
-                key = next(scored)
-                set_score(hyp, self.scored[key] if rewards else hyp.values, rewards, config)
+                set_score(hyp, values_of[i], rewards, config)
             else:
                 hyp.score = -math.inf
 
@@ -454,10 +443,7 @@ class SearchState:
             raise StructureError(
                 f"no candidate can complete response_format {fmt.name if fmt else None!r} within "
                 f"max_new_tokens={self.config.max_new_tokens}; raise max_new_tokens")
-        if self.close_ids is None:
-            chosen = select(pool, lambda e: (e[0].score, e[0].logprob), config.beam_width)
-        else:
-            chosen = keep_ends_aside(pool, lambda e: e[0], config.beam_width)
+        chosen = select(pool, lambda e: (e[0].score, e[0].logprob), config.beam_width)
         if config.trace:
             tcands = [
                 TraceCandidate(
@@ -487,8 +473,6 @@ class SearchState:
         self.stats.steps += 1
 
         # ---- 6. Commit: survivors keep their rollout's LM state, cropped to what they committed. -
-        if self.close_ids is not None and ends_settled(self.finished, live, self.ceiling):
-            live, keep_rows = [], []  # the text kept aside wins whatever the live beams do next
         if keep_rows:
             self.beams = self.backend.commit(p.out, keep_rows, p.commit)
             self.length += p.commit
@@ -498,7 +482,7 @@ class SearchState:
         self.pending = None
         self.step += 1
         if not live:
-            best = self.finished[0] if self.close_ids is not None and self.finished else survivors[0][0]
+            best = survivors[0][0]
             if best.score == -math.inf and rewards:
                 raise no_valid_candidate(rewards.names, [h for h, _ in survivors])
             self.stats.wall_seconds = time.perf_counter() - self.t0
