@@ -12,7 +12,7 @@ from deal_core.prompts import prepare_prompt
 from deal_core.reference import reference_search
 from deal_core.rewards.base import Reward
 from deal_core.rewards.inflection import words
-from deal_core.search import _Decoder, _Hyp, sentence_end_rows
+from deal_core.search import _Decoder, _Hyp, may_end, sentence_end_rows
 
 
 class EndsASentence(Reward):
@@ -116,3 +116,14 @@ def test_sentence_ends_refused_where_it_cannot_work(tiny):
         SearchState(prompt, RewardSet.from_spec([LengthReward(3)]), make_config(sentence_ends=True, max_new_tokens=4),
                     NoRolloutEnds(tiny.backend.loaded))
     assert tiny.backend.supports_sentence_ends
+
+
+def test_a_live_candidate_may_end_at_its_rollouts_sentence_end():
+    # The rollout wrote past an in-band full stop and now heads for an overshoot; the text that ends
+    # at that full stop meets the target, so the candidate is worth what ending there is worth.
+    rewards = RewardSet.from_spec([LengthReward(4)])
+    (own,), (ended,) = (rewards.evaluate("", [t], [False]) for t in ("One two three four. Five six", "One two three four."))
+    assert own[0] < 1.0 and ended[0] == 1.0
+    assert may_end(rewards, own, [ended]) == ended
+    assert may_end(rewards, ended, [own]) == ended  # never worse than its own rollout
+    assert may_end(rewards, own, []) == own
