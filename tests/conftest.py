@@ -50,6 +50,7 @@ SLOW_WITHOUT_REAL_MODEL = {
     "test_lint.py::test_mypy_is_clean",  # ~8 s on a fresh checkout (no .mypy_cache yet)
     "test_search_equivalence.py::",
     "test_end_candidates.py::",
+    "test_sentence_ends.py::test_fast_equals_reference_with_sentence_ends",  # the oracle, like the two above
     "test_scheduler.py::test_alone_equals_reference",
     "test_scheduler.py::test_cancel_event_raises_search_cancelled_and_leaves_others_alone",
     "test_scheduler.py::test_row_cap_bounds_every_forward_and_queues_the_rest",
