@@ -127,3 +127,15 @@ def test_a_live_candidate_may_end_at_its_rollouts_sentence_end():
     assert may_end(rewards, own, [ended]) == ended
     assert may_end(rewards, ended, [own]) == ended  # never worse than its own rollout
     assert may_end(rewards, own, []) == own
+
+
+def test_real_model_closes_its_sentence_inside_the_band(engine):
+    # SmolLM2's sentences run 10-25 words, so a +-10% band rarely holds one of its own sentence ends
+    # and ending mid-sentence costs more than the reward can pay; with sentence_ends the search
+    # closes a sentence inside the band and ends there. (A request that does not state the length.)
+    config = make_config(beam_width=2, top_k=4, lookahead=8, commit_tokens=2, max_new_tokens=48,
+                         stop=["\n"], sentence_ends=True)
+    result = engine.search([{"role": "user", "content": "Describe a red apple."}], [LengthReward(12)], config)
+    assert result.finish_reason == "eos", result.text
+    assert abs(len(words(result.text)) - 12) <= 1.2, result.text
+    assert result.text.rstrip().rstrip("\"')").endswith((".", "!", "?")), result.text

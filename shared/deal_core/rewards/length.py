@@ -34,7 +34,10 @@ class LengthReward(Reward):
     prefers to end at the sentence end before it (an "end here" candidate) -- where the LM would
     otherwise write on, mid-sentence, past a point where ending costs more log-probability than the
     reward can pay. Complete texts get their true distance. With the "end here" candidates the
-    search adds, the text ends inside the band.
+    search adds, the text ends inside the band -- when the LM's own sentence ends fall inside it.
+    When they do not (a model whose sentences run longer than the band is wide), search with
+    ``SearchConfig(sentence_ends=True)``: the search may then close a sentence where the band is
+    and end there (docs/rewards.md).
     """
 
     low, high = 0.0, 1.0
