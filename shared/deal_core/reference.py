@@ -23,7 +23,7 @@ from .result import SearchResult, SearchStats
 from .rewards import RewardSet
 from .errors import StructureError
 from .search import (_Decoder, _Hyp, apply_mask, eos_candidates, eos_token_ids, first_of_each_end,
-                     make_candidate, make_constraint, may_end, no_valid_candidate, proposes_eos, select,
+                     make_candidate, make_constraint, may_end, no_valid_candidate, proposes_eos, reachable_ends, select,
                      sentence_end_rows, set_score, step_plan, structurally_valid)
 
 
@@ -77,9 +77,11 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
                                 for end, rollout_text, ended, _, _ in sentence_end_rows(
                                     dec, eos, close_ids, beam, row, row_lp, row_eos, look,
                                     config.max_new_tokens)]
-                    if hyp.finish is None and row_ends:  # it may end at its rollout's sentence ends
-                        set_score(hyp, may_end(rewards, hyp.values, [e.values for e in row_ends]), rewards,
-                                  config)
+                    # It may end at its rollout's sentence ends -- those past what it commits now.
+                    reachable = [row_ends[e].values for e in reachable_ends(
+                        [len(e.tokens) - len(beam.tokens) for e in row_ends], commit)]
+                    if hyp.finish is None and reachable:
+                        set_score(hyp, may_end(rewards, hyp.values, reachable), rewards, config)
                     rollout_ends += row_ends
             if propose_eos:
                 for _, token, lp in eos_candidates(eos, best_eos(eos, next_lp[None]), [top_ids.tolist()]):

@@ -256,12 +256,21 @@ def may_end(rewards: RewardSet, own: tuple[float, ...], ends: Sequence[tuple[flo
     rollout's and those of the texts that end at the rollout's sentence ends -- it *may* end there
     (the "end here" candidate is offered once a beam reaches that point, at the LM's price of EOS).
     Without this, a rollout that passes an in-band sentence end and writes on scores as the
-    overshoot it is heading for, and the search steers away from the end it needs."""
+    overshoot it is heading for, and the search steers away from the end it needs. ``ends`` must
+    hold only ends the candidate can still reach: one inside the tokens it commits is passed (its
+    finished twin is a candidate of its own)."""
     best = own
     for values in ends:
         if rewards.total(values) > rewards.total(best):
             best = values
     return best
+
+
+def reachable_ends(end_lengths: Sequence[int], commit: int) -> list[int]:
+    """Which of a row's rollout ends (given by the tokens each keeps before its EOS) the row's live
+    candidate can still reach: those at or after its last committed token. An end inside the
+    ``commit`` tokens it commits now is passed, and may not raise its reward (:func:`may_end`)."""
+    return [e for e, n in enumerate(end_lengths) if n >= commit]
 
 
 def first_of_each_end(finished: Sequence[_Hyp], hyps: Sequence[_Hyp]) -> list[bool]:
@@ -396,7 +405,7 @@ class SearchState:
             for r in range(n_rows):
                 ends = sentence_end_rows(dec, self.eos, self.close_ids, self.live[r // k], p.seq[r], p.seq_lp[r],
                                          p.out.seq_eos[r], p.look, config.max_new_tokens)
-                ends_of[r] = list(range(len(cands), len(cands) + len(ends)))
+                ends_of[r] = [len(cands) + e for e in reachable_ends([len(c[3]) for c in ends], p.commit)]
                 cands += ends
                 beam_of += [r // k] * len(ends)
         n_cands = len(cands)
