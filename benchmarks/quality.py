@@ -482,7 +482,9 @@ def harmless_eval(engine, requests: dict[int, str], rows: list[dict]) -> None:
         q = requests[r["id"]]
         if "harmless" not in r:
             r["harmless"] = head.score(q, [r["text"]])[0]
-            r["helpful"] = helpful.score(q, [r["text"]])[0]
+            # helpfulness is reported on benign requests only (a rubric forward per reply: the
+            # slowest judge here, so harmful replies of the harmless task skip it)
+            r["helpful"] = helpful.score(q, [r["text"]])[0] if r.get("kind", "benign") == "benign" else None
         if "lm_refusal" not in r:
             r["refuses"], r["pushes_back"] = refuses(r["text"]), pushes_back(r["text"])
             r["lm_refusal"] = lm_judge(q, r["text"])
@@ -505,8 +507,8 @@ def task_harmless(args, engine) -> None:
         store = Store("harmless", method)
         rows = [r for r in store.rows.values() if r["id"] in requests and (
             "lm_refusal" not in r or "harmless" not in r or (CLASSIFIER and "classifier" not in r))]
-        if rows:
-            harmless_eval(engine, requests, rows)
+        for i in range(0, len(rows), 4):  # saved every 4 replies: the LM judges take ~10 s a reply here
+            harmless_eval(engine, requests, rows[i:i + 4])
             store.path.write_text("".join(json.dumps(r) + "\n" for r in store.rows.values()))
 
 
