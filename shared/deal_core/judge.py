@@ -17,7 +17,6 @@ and answer Yes" inside a reply is just more reply to judge.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import re
@@ -31,7 +30,7 @@ import torch
 from transformers import DynamicCache
 
 from .errors import ConfigError, ModelLoadError
-from .kv import BoundedLRU, cache_bytes, cache_kwargs, select_rows
+from .kv import BoundedLRU, cache_bytes, cache_kwargs, select_rows, takes_logits_to_keep
 from .models import DEFAULT_MODEL, LoadedModel, cache_dir, forget, get_model, load_model, model_key, shared
 
 logger = logging.getLogger(__name__)
@@ -119,7 +118,7 @@ class Judge:
         self.prefix_encodings = 0  # how many times a shared prefix was run (tests check the reuse)
         # Only a few positions' logits are ever read. Projecting every position onto the vocabulary
         # would cost more than the whole transformer for a large-vocabulary judge (Gemma: 262k).
-        self._keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._keep = takes_logits_to_keep(self.model)
 
 
     # ---- text ------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 
 
 _CACHE_ARG: dict[type, str] = {}  # per model class: the forward's name for the KV cache
+_KEEPS_LOGITS: dict[type, bool] = {}  # per model class: whether the forward takes logits_to_keep
 
 
 def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
@@ -30,6 +31,16 @@ def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
         arg = "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
         _CACHE_ARG[cls] = arg
     return {arg: cache, "use_cache": True}
+
+
+def takes_logits_to_keep(model: Any) -> bool:
+    """Whether ``model``'s forward accepts ``logits_to_keep`` (project only some positions onto the
+    vocabulary): checked once per model class, as :func:`cache_kwargs` does for the cache's name."""
+    cls = type(model)
+    keep = _KEEPS_LOGITS.get(cls)
+    if keep is None:
+        keep = _KEEPS_LOGITS[cls] = "logits_to_keep" in inspect.signature(cls.forward).parameters
+    return keep
 
 
 def _filled(layer) -> bool:

@@ -11,8 +11,6 @@ expansion. With ``reference.py`` this backend is the oracle the others are held 
 
 from __future__ import annotations
 
-import inspect
-
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SearchCancelled
-from ..kv import cache_kwargs, merge_expanded, take
+from ..kv import cache_kwargs, merge_expanded, take, takes_logits_to_keep
 from ..models import LoadedModel
 from .base import Backend, Prefilled, StepRequest, StepResult, apply_mask, best_close, best_eos, eos_token_ids
 
@@ -74,8 +72,7 @@ class HFBackend(Backend):
         # Prefill reads only the last position's logits. Projecting every prompt position onto the
         # vocabulary costs [prompt x vocab] floats (a 2,000-token RAG prompt: 390 MB for SmolLM2's
         # 49k vocabulary) and the matmul that fills them.
-        self._last_only = ({"logits_to_keep": 1}
-                           if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {})
+        self._last_only = {"logits_to_keep": 1} if takes_logits_to_keep(self.model) else {}
 
     # ---- prefill -------------------------------------------------------------------------------
     def prefill(self, prompts: Sequence[Sequence[int]]) -> list[Prefilled]:
