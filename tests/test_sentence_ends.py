@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 from deal_core import LengthReward, RewardSet, make_config
-from deal_core.backends.base import sentence_end_ids
+from deal_core.backends.base import sentence_end_ids, stop_token_ids
 from deal_core.errors import ConfigError
 from deal_core.prompts import prepare_prompt
 from deal_core.reference import reference_search
 from deal_core.rewards.base import Reward
 from deal_core.rewards.inflection import words
-from deal_core.search import _Decoder, _Hyp, may_end, reachable_ends, sentence_end_rows
+from deal_core.search import _Decoder, _Hyp, end_here, may_end, reachable_ends, sentence_end_rows
 
 
 class EndsASentence(Reward):
@@ -136,3 +136,60 @@ def test_an_end_inside_the_committed_tokens_is_passed():
     assert reachable_ends([1, 2, 5], commit=2) == [1, 2]
     assert reachable_ends([1, 2, 5], commit=1) == [0, 1, 2]
     assert reachable_ends([1, 3], commit=4) == []
+
+
+# ---- "end here" at the caller's stop strings --------------------------------------------------
+
+
+def test_stop_tokens_are_the_tokens_that_begin_with_a_stop_string(tokenizer):
+    ids = stop_token_ids(tokenizer, ["\n"])
+    texts = {tokenizer.decode([i]) for i in ids}
+    assert {"\n", "\n\n"} <= texts and all(t.startswith("\n") for t in texts)
+    assert tokenizer.encode(" cat")[0] not in ids and tokenizer.convert_tokens_to_ids(".") not in ids
+    assert stop_token_ids(tokenizer, []) == frozenset()
+    both = stop_token_ids(tokenizer, ["\n", "!"])
+    assert ids < both and tokenizer.convert_tokens_to_ids("!") in both
+
+
+def test_a_stop_token_ends_the_text_where_it_stands(tokenizer):
+    dec = _Decoder(tokenizer, ["\n"])
+    dot, word, nl = tokenizer.convert_tokens_to_ids("."), tokenizer.encode(" cat")[0], tokenizer.encode("\n")[0]
+    eos = {tokenizer.eos_token_id}
+    beam = _Hyp([word], " cat", -1.0, 0.0, ())
+    end = end_here(dec, eos, beam, [dot, nl], [-1.0, -2.0], 50)
+    assert end is not None
+    assert end[0].finish == "stop" and end[0].text == " cat." and end[0].tokens == [word, dot, nl]
+    assert end[0].logprob == pytest.approx(-4.0) and end[2]  # complete, as with EOS
+    assert end_here(dec, eos, beam, [dot, word], [-1.0, -2.0], 50) is None  # " cat" ends nothing
+    assert end_here(_Decoder(tokenizer, []), eos, beam, [dot, nl], [-1.0, -2.0], 50) is None  # no stop string
+    # in a rollout: the newline after the full stop is offered where the backend says it is the best end
+    got = sentence_end_rows(dec, eos, sentence_end_ids(tokenizer), beam, [dot, word, dot, word], [-1.0] * 4,
+                            [(nl, -0.5), (tokenizer.eos_token_id, -3.0), (tokenizer.eos_token_id, -3.0)], 3, 50)
+    assert [(c[0].tokens, c[0].finish, c[0].text) for c in got] == [
+        ([word, dot, nl], "stop", " cat."), ([word, dot, word, dot], "eos", " cat. cat.")]  # EOS is not kept
+
+
+@pytest.mark.parametrize("settings", SETTINGS[:2])
+def test_fast_equals_reference_with_sentence_ends_at_stop_tokens(tiny, settings):
+    config = make_config(sentence_ends=True, reward_scale=30, stop=["\n"], **settings)
+    rewards = [LengthReward(5), EndsASentence()]
+    fast = tiny.search("Once upon a time", rewards, config)
+    ref = _reference(tiny, "Once upon a time", rewards, config)
+    assert fast.token_ids == ref.token_ids and fast.text == ref.text
+    assert fast.finish_reason == ref.finish_reason
+    assert fast.score == pytest.approx(ref.score, abs=1e-3)
+    assert fast.reward_scores == pytest.approx(ref.reward_scores)
+
+
+def test_the_search_ends_at_a_stop_token_when_the_lm_prefers_it_to_eos(tiny):
+    # The tiny model puts more mass on its newline tokens than on EOS: with the caller stopping at
+    # "\n", ending with one of them is the same text at a smaller price, and the search takes it.
+    config = make_config(beam_width=2, top_k=3, lookahead=3, max_new_tokens=20, reward_scale=100,
+                         sentence_ends=True, trace=True)
+    rewards = [LengthReward(4), EndsASentence()]
+    eos_only = tiny.search("Once upon a time", rewards, config)
+    at_stop = tiny.search("Once upon a time", rewards, config.model_copy(update={"stop": ["\n"]}))
+    assert eos_only.finish_reason == "eos" and at_stop.finish_reason == "stop"
+    assert at_stop.reward_scores == eos_only.reward_scores == {"length": 1.0, "sentence": 1.0}
+    assert at_stop.token_ids[-1] in stop_token_ids(tiny.tokenizer, ["\n"])
+    assert at_stop.score > eos_only.score

@@ -16,13 +16,13 @@ import time
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from .backends.base import best_close, best_eos, sentence_end_ids
+from .backends.base import best_close, best_eos, sentence_end_ids, stop_token_ids
 from .config import SearchConfig
 from .prompts import PreparedPrompt
 from .result import SearchResult, SearchStats
 from .rewards import RewardSet
 from .errors import StructureError
-from .search import (_Decoder, _Hyp, apply_mask, eos_candidates, eos_token_ids, first_of_each_end,
+from .search import (_Decoder, _Hyp, apply_mask, end_here, eos_candidates, eos_token_ids, first_of_each_end,
                      make_candidate, make_constraint, may_end, no_valid_candidate, proposes_eos, reachable_ends, select,
                      sentence_end_rows, set_score, step_plan, structurally_valid)
 
@@ -42,6 +42,8 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
     constraint = make_constraint(config, model, tokenizer, eos)
     # sentence_ends: a sentence-end candidate per beam, and "end here" at the rollouts' sentence ends.
     close_ids = sentence_end_ids(tokenizer) if config.sentence_ends else None
+    # ... where "end here" may also write a token that begins with a stop string (it ends the text as EOS does).
+    end_ids = eos | stop_token_ids(tokenizer, config.stop) if config.sentence_ends else eos
 
     while True:
         commit, look, _ = step_plan(config, len(beams[0].tokens))
@@ -68,7 +70,7 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
                 row_eos: list[tuple[int, float]] = []
                 if n_generate:
                     row_more, lp_more, row_eos = _generate(model, context + [token], n_generate, device, eos,
-                                                           stats, constraint, beam.tokens + [token])
+                                                           stats, constraint, beam.tokens + [token], end_ids)
                     row, row_lp = row + row_more, row_lp + lp_more
                 hyp = _scored(dec, eos, beam, row, row_lp, commit, look, prompt, rewards, config, stats)
                 candidates.append(hyp)
@@ -84,10 +86,11 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
                         set_score(hyp, may_end(rewards, hyp.values, reachable), rewards, config)
                     rollout_ends += row_ends
             if propose_eos:
-                for _, token, lp in eos_candidates(eos, best_eos(eos, next_lp[None]), [top_ids.tolist()]):
+                for _, token, lp in eos_candidates(end_ids, best_eos(end_ids, next_lp[None]), [top_ids.tolist()]):
                     ends.append((beam, [token], [lp]))
         for beam, row, row_lp in ends:
-            candidates.append(_scored(dec, eos, beam, row, row_lp, 1, 0, prompt, rewards, config, stats))
+            if (end := end_here(dec, eos, beam, row, row_lp, config.max_new_tokens)) is not None:
+                candidates.append(_with_values(end[0], end[1], end[2], prompt, rewards, config, stats))
         candidates += rollout_ends
         if close_ids is not None:  # the same finished text offered twice: the first one counts
             candidates = [h for h, keep in zip(candidates, first_of_each_end(finished, candidates)) if keep]
@@ -143,11 +146,12 @@ class _Masked(LogitsProcessor):
 
 
 def _generate(model, context: list[int], n: int, device, eos: set[int], stats: SearchStats,
-              constraint=None, generated: list[int] | None = None
+              constraint=None, generated: list[int] | None = None, end_ids: set[int] | None = None
               ) -> tuple[list[int], list[float], list[tuple[int, float]]]:
     """Greedy ``n`` tokens after ``context`` with a fresh ``generate`` call; tokens, log-probs
     (under a constraint: masked, renormalised over the allowed tokens, as the fast search does) and,
-    per generated token, the best EOS token and its log-prob where that token was chosen."""
+    per generated token, the best end token (of ``end_ids``, default ``eos``) and its log-prob where
+    that token was chosen."""
     ids = torch.tensor([context], device=device)
     # A fresh, explicit config: the model's own generation defaults (repetition penalty, ...) must not
     # change what "greedy" means. Stopping at EOS is fine: the candidate is cut there anyway.
@@ -162,7 +166,8 @@ def _generate(model, context: list[int], n: int, device, eos: set[int], stats: S
     steps = out.scores if constraint is not None else out.logits  # scores: after the mask
     dists = [torch.log_softmax(step[0].float(), -1) for step in steps]
     lps = [d[t].item() for d, t in zip(dists, tokens)]
-    ends = [best_eos(eos, d[None])[0] for d in dists[: len(tokens)]] if eos else []
+    end_ids = eos if end_ids is None else end_ids
+    ends = [best_eos(end_ids, d[None])[0] for d in dists[: len(tokens)]] if end_ids else []
     stats.lm_forward_passes += len(tokens)
     stats.lm_tokens += len(context) + len(tokens) - 1
     return tokens, lps, ends

@@ -43,7 +43,7 @@ import torch
 
 from .backends.base import (Backend, StepRequest, StepResult, TokenConstraint,  # noqa: F401 (apply_mask,
                             apply_mask, eos_token_ids,  # eos_token_ids: re-exported for reference.py)
-                            sentence_end_ids)
+                            sentence_end_ids, stop_token_ids)
 from .config import SearchConfig
 from .errors import ConfigError, NoValidCandidate, SearchCancelled, SearchTimeout, StructureError
 from .prompts import PreparedPrompt
@@ -205,11 +205,12 @@ def proposes_eos(config: SearchConfig, rewards: RewardSet) -> bool:
     return config.propose_eos if config.propose_eos is not None else rewards.end_aware
 
 
-def eos_candidates(eos: set[int] | frozenset[int], best: Sequence[tuple[int, float] | None],
+def eos_candidates(eos: AbstractSet[int], best: Sequence[tuple[int, float] | None],
                    top_ids: Sequence[Sequence[int]]) -> list[tuple[int, int, float]]:
-    """"End here" proposals: per beam, its most likely EOS token unless top-k already holds one.
+    """"End here" proposals: per beam, its most likely end token (of ``eos``: the EOS ids, with
+    ``sentence_ends`` also the stop tokens) unless top-k already holds one.
 
-    ``best[b]`` is beam ``b``'s most likely EOS token and its log-prob (from the backend). Returns
+    ``best[b]`` is beam ``b``'s most likely end token and its log-prob (from the backend). Returns
     ``(beam, token, log-prob)``. The candidates need no rollout (they are finished), so they cost no
     forward rows; the search adds them when a reward cares how texts end.
     """
@@ -223,15 +224,28 @@ def eos_candidates(eos: set[int] | frozenset[int], best: Sequence[tuple[int, flo
     return out
 
 
+def end_here(dec: _Decoder, eos: AbstractSet[int], beam: _Hyp, row: list[int], row_lp: list[float],
+             max_new_tokens: int) -> tuple[_Hyp, str, bool, list[int], float] | None:
+    """The finished candidate ``beam + row``, whose last token is an end token -- EOS, or a token that
+    begins with a stop string (:func:`~deal_core.backends.base.stop_token_ids`) -- as
+    :func:`make_candidate` returns it; None unless it ends the text right after ``row[:-1]`` (a stop
+    token whose stop string, in context, is not formed or is cut elsewhere). A stop string ends the
+    text exactly as EOS does, so both are "end here" candidates: the LM's cheaper one wins."""
+    cand = make_candidate(dec, eos, beam, row, row_lp, len(row), 0, max_new_tokens)
+    if cand[0].finish not in ("eos", "stop") or cand[0].text != dec.decode(beam.tokens + row[:-1]):
+        return None
+    return cand
+
+
 def sentence_end_rows(dec: _Decoder, eos: AbstractSet[int], close_ids: AbstractSet[int], beam: _Hyp,
                       row: list[int], row_lp: list[float], row_eos: Sequence[tuple[int, float]],
                       look: int, max_new_tokens: int) -> list[tuple[_Hyp, str, bool, list[int], float]]:
     """Finished "end here" candidates at the sentence ends of one rollout (``sentence_ends``).
 
-    ``row`` is a candidate token and its greedy rollout, ``row_eos[j]`` the best EOS token and its
-    log-prob after ``row[: j + 1]``. For every sentence-end token ``row[j]`` within the ``look``
-    tokens the rewards see (and before the rollout ends at EOS or a stop string): the hypothesis
-    ``beam + row[: j + 1] + EOS`` (as :func:`make_candidate` returns it). A good end point seen in a rollout is kept even when the beams
+    ``row`` is a candidate token and its greedy rollout, ``row_eos[j]`` the best end token (EOS, or a
+    token that begins with a stop string) and its log-prob after ``row[: j + 1]``. For every
+    sentence-end token ``row[j]`` within the ``look`` tokens the rewards see (and before the rollout
+    ends at EOS or a stop string): the hypothesis ``beam + row[: j + 1] + end`` (:func:`end_here`). A good end point seen in a rollout is kept even when the beams
     commit past it, and the sentence-end candidate a beam proposes can end right there.
     """
     out = []
@@ -243,11 +257,11 @@ def sentence_end_rows(dec: _Decoder, eos: AbstractSet[int], close_ids: AbstractS
         token, v = row_eos[j]
         if v == -math.inf:
             continue
-        cand = make_candidate(dec, eos, beam, row[: j + 1] + [token], row_lp[: j + 1] + [v], j + 2, 0,
-                              max_new_tokens)
-        if cand[0].finish == "stop":  # the text already ended at a stop string before this point
+        if dec.cut_at_stop(dec.decode(beam.tokens + row[: j + 1]))[1]:  # the text already ended at a stop
             break
-        out.append(cand)
+        cand = end_here(dec, eos, beam, row[: j + 1] + [token], row_lp[: j + 1] + [v], max_new_tokens)
+        if cand is not None:
+            out.append(cand)
     return out
 
 
@@ -297,7 +311,7 @@ class _Pending:
     k: int
     n_forward: int
     out: StepResult
-    ends: list[tuple[int, int, float]] = field(default_factory=list)  # (beam, EOS token, log-prob)
+    ends: list[tuple[int, int, float]] = field(default_factory=list)  # (beam, end token, log-prob)
 
     @property
     def seq(self) -> list[list[int]]:
@@ -340,6 +354,10 @@ class SearchState:
                 raise ConfigError(f"sentence_ends needs the backend's EOS log-probs inside rollouts, which the "
                                   f"{backend.name!r} backend does not report; use backend='hf', or drop sentence_ends")
             self.close_ids = sentence_end_ids(backend.tokenizer)
+        # What "end here" may write: EOS, and with sentence_ends also a token that begins with one of
+        # the caller's stop strings -- it ends the text just as EOS does, and after a full stop the LM
+        # often prices a newline far below EOS (held-out length requests: 2-4 vs 5-13 nats).
+        self.end_ids = self.eos | stop_token_ids(backend.tokenizer, config.stop) if config.sentence_ends else self.eos
         no_rewards = tuple(0.0 for _ in rewards.items)
         self.live: list[_Hyp] = [_Hyp([], "", 0.0, 0.0, no_rewards)]
         self.finished: list[_Hyp] = []  # finished hypotheses still in the beam
@@ -398,8 +416,9 @@ class SearchState:
                                 config.max_new_tokens)
                  for n in range(n_rows)]  # (hyp, rollout text, ended, new tokens, their log-prob)
         for b, token, lp in p.ends:  # "end here" candidates: finished, no rollout
-            cands.append(make_candidate(dec, self.eos, self.live[b], [token], [lp], 1, 0, config.max_new_tokens))
-            beam_of.append(b)
+            if (end := end_here(dec, self.eos, self.live[b], [token], [lp], config.max_new_tokens)) is not None:
+                cands.append(end)
+                beam_of.append(b)
         ends_of: dict[int, list[int]] = {}  # row -> its rollout's sentence-end candidates
         if self.close_ids is not None and p.out.seq_eos is not None:  # ends at the rollouts' sentence ends
             for r in range(n_rows):
@@ -531,14 +550,14 @@ def forward(backend: Backend, states: Sequence[SearchState], stop: Callable[[], 
     plans = [step_plan(s.config, s.generated) for s in states]
     requests = [StepRequest(beams=s.beams, prompt_ids=s.prompt.input_ids, tokens=[h.tokens for h in s.live],
                             k=s.config.top_k, n_forward=n_forward, commit=commit, want_eos=s.propose_eos,
-                            constraint=s.constraint, close_ids=s.close_ids)
+                            constraint=s.constraint, close_ids=s.close_ids, end_ids=s.end_ids)
                 for s, (commit, _, n_forward) in zip(states, plans)]
     outs = backend.step(requests, stop)
     for s, (commit, look, n_forward), out in zip(states, plans, outs):
         s.beams = None  # the rows' state replaces it (for hf: a copy; the old cache is freed now)
         s.pending = _Pending(commit, look, len(out.top_ids[0]), n_forward, out)
         if s.propose_eos:
-            s.pending.ends = eos_candidates(s.eos, out.eos, out.top_ids)
+            s.pending.ends = eos_candidates(s.end_ids, out.eos, out.top_ids)
         s.stats.lm_forward_passes += out.forwards
         s.stats.lm_tokens += out.tokens
 

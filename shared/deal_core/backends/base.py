@@ -63,6 +63,11 @@ class StepRequest:
     #: likely one of these that top-k does not hold (an extra candidate, last of the beam's), and
     #: the backend reports the best EOS after every rollout position (:attr:`StepResult.seq_eos`).
     close_ids: frozenset[int] | None = None
+    #: The tokens that end this request's text where it stands: its EOS ids and, with ``close_ids``,
+    #: the tokens that begin with one of its stop strings (:func:`stop_token_ids`). The "end here"
+    #: proposals (``eos``, ``seq_eos``) are the best of these. None: the backend's EOS ids. Only
+    #: backends with ``supports_sentence_ends`` receive more than the EOS ids.
+    end_ids: frozenset[int] | None = None
 
 
 @dataclass
@@ -78,7 +83,8 @@ class StepResult:
     rows: Any
     forwards: int = 0
     tokens: int = 0
-    #: With ``close_ids``: ``seq_eos[r][j]`` is the best EOS token and its log-prob after
+    #: With ``close_ids``: ``seq_eos[r][j]`` is the best end token (EOS or stop token,
+    #: :attr:`StepRequest.end_ids`) and its log-prob after
     #: ``seq[r][: j + 1]``, for ``j < n_forward`` (the distributions the rollout computed anyway).
     seq_eos: list[list[tuple[int, float]]] | None = None
 
@@ -175,6 +181,31 @@ def sentence_end_ids(tokenizer) -> frozenset[int]:
     except TypeError:  # a tokenizer that cannot be weakly referenced: recomputed per call
         pass
     return ids
+
+
+_decoded_vocab: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def stop_token_ids(tokenizer, stops: Sequence[str]) -> frozenset[int]:
+    """Ids of the tokens whose text begins with one of the stop strings ``stops`` (for the stop
+    ``"\\n"``: ``"\\n"``, ``"\\n\\n"``, ...). Written next, any of them ends the text exactly where it
+    stands, as EOS does: the text is cut at the stop string. A stop string that no single token
+    begins with (``"Human:"`` split over tokens) contributes none. The whole vocabulary is decoded
+    once per tokenizer (~1 s for 50k tokens): a stop string's first character says nothing about
+    how a tokenizer spells the token (byte-level ``Ċ``, SentencePiece ``<0x0A>``)."""
+    if not stops:
+        return frozenset()
+    try:
+        texts = _decoded_vocab[tokenizer]
+    except (KeyError, TypeError):
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=True,
+                                       clean_up_tokenization_spaces=False)
+        try:
+            _decoded_vocab[tokenizer] = texts
+        except TypeError:  # a tokenizer that cannot be weakly referenced: decoded per call
+            pass
+    starts = tuple(stops)
+    return frozenset(i for i, text in enumerate(texts) if text.startswith(starts))
 
 
 def best_close(next_lp: torch.Tensor, top_ids: torch.Tensor,

@@ -111,7 +111,8 @@ class HFBackend(Backend):
                 top_ids = torch.cat([top_ids, close_id[:, None].to(top_ids.device)], dim=-1)
                 top_lp = torch.cat([top_lp, close_lp[:, None].to(top_lp.device)], dim=-1)
             n_beams = next_lp.shape[0]
-            eos: list[tuple[int, float] | None] = [*best_eos(self.eos_ids, next_lp)] if req.want_eos else []
+            ends = self.eos_ids if req.end_ids is None else req.end_ids
+            eos: list[tuple[int, float] | None] = [*best_eos(ends, next_lp)] if req.want_eos else []
             eos = eos or [None] * n_beams
             ids, lps = top_ids.reshape(-1), top_lp.reshape(-1)
             results.append(StepResult(top_ids.tolist(), top_lp.tolist(), eos,
@@ -142,10 +143,12 @@ class HFBackend(Backend):
         seq[:, 0] = torch.tensor([t for _, res, _, _ in spans for (t,) in res.seq], device=device)
         seq_lp[:, 0] = torch.tensor([v for _, res, _, _ in spans for (v,) in res.seq_lp], device=device)
         next_lps: dict[int, torch.Tensor] = {}
-        # Best EOS after every rollout position, for requests that end at sentence ends: [rows, n_forward]
-        ends = [(req, a, b) for req, _, a, b in spans if req.close_ids]
-        eos_ids = torch.tensor(sorted(self.eos_ids), device=device) if ends and self.eos_ids else None
-        eos_lp = torch.full((n_rows, n_forward if eos_ids is not None else 0), -math.inf, device=device)
+        # Best end token (EOS, or one that starts a stop string) after every rollout position, for
+        # requests that end at sentence ends: [rows, n_forward]. Each request has its own end tokens.
+        ends = [(torch.tensor(sorted(self.eos_ids if req.end_ids is None else req.end_ids), device=device), a, b)
+                for req, _, a, b in spans if req.close_ids]
+        ends = [(ids, a, b) for ids, a, b in ends if len(ids)]
+        eos_lp = torch.full((n_rows, n_forward if ends else 0), -math.inf, device=device)
         eos_tok = torch.zeros(eos_lp.shape, dtype=torch.long, device=device)
         constrained = [(req, a, b) for req, _, a, b in spans if req.constraint is not None]
         with torch.inference_mode():
@@ -161,9 +164,9 @@ class HFBackend(Backend):
                 lp = torch.log_softmax(logits, dim=-1)
                 best = lp.argmax(-1)
                 seq[:, j + 1], seq_lp[:, j + 1] = best, lp.gather(-1, best[:, None]).squeeze(-1)
-                if eos_ids is not None:
-                    v, w = lp[:, eos_ids].max(dim=-1)  # ties -> the lowest id, as best_eos
-                    eos_lp[:, j], eos_tok[:, j] = v, eos_ids[w]
+                for ids, a, b in ends:
+                    v, w = lp[a:b, ids].max(dim=-1)  # ties -> the lowest id, as best_eos
+                    eos_lp[a:b, j], eos_tok[a:b, j] = v, ids[w]
                 for i, (req, _, a, b) in enumerate(spans):
                     if j == req.commit - 1:
                         next_lps[i] = lp[a:b]
@@ -175,9 +178,10 @@ class HFBackend(Backend):
             res.forwards = req.n_forward
             res.tokens = (b - a) * req.n_forward
             if req.close_ids:
+                has_ends = bool(self.eos_ids if req.end_ids is None else req.end_ids)
                 res.seq_eos = ([list(zip(t[: req.n_forward], v[: req.n_forward]))
                                 for t, v in zip(eos_tok[a:b].tolist(), eos_lp[a:b].tolist())]
-                               if eos_ids is not None else [[] for _ in range(b - a)])
+                               if has_ends else [[] for _ in range(b - a)])
 
     @staticmethod
     def _masked(logits: torch.Tensor, seq: torch.Tensor, j: int, constrained) -> torch.Tensor:
