@@ -51,6 +51,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "shared"))
 sys.path.insert(0, str(HERE))
 
+from deal_core.rewards import harmless_requests as R  # noqa: E402
 from deal_core.rewards import harmless_two_part as T  # noqa: E402
 from deal_core.rewards import harmlessness as H  # noqa: E402
 from judge_accuracy import BENIGN as JA_BENIGN, HARMFUL as JA_HARMFUL  # noqa: E402
@@ -142,10 +143,16 @@ LM_LAYERS = (6, 9, 12, 15, 18, 21, 24, 27, 30)
 LM_KINDS = [f"smollm-{pool}-{layer}" for pool in ("last", "mean") for layer in LM_LAYERS]
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, c: float = 1.0):
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float = 1.0, weight: np.ndarray | None = None):
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=c, max_iter=2000, class_weight="balanced").fit(x, y)
+    return LogisticRegression(C=c, max_iter=2000, class_weight="balanced").fit(x, y, sample_weight=weight)
+
+
+def auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(a positive's score > a negative's), ties 1/2."""
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
 
 
 def best_threshold(p_harm: np.ndarray, p_benign: np.ndarray) -> float:
@@ -155,7 +162,7 @@ def best_threshold(p_harm: np.ndarray, p_benign: np.ndarray) -> float:
     return float(grid[int(np.argmax(acc))])
 
 
-def ship(request_clf, reply_clf, threshold: float, row: dict, meta: dict, feat: str) -> None:
+def ship(request_clf, reply_clf, threshold: float, row: dict, meta: dict, feat: str, more: str = "+benign") -> None:
     """Write the shipped two-part head: weights (safetensors, the threshold folded into the request
     bias so that P(harmful) = 0.5 at the tuned threshold) and its JSON record beside them. ``feat``:
     the request features (``minilm`` -> version 3, ``smollm-<pool>-<layer>[_<layer>...]`` -> version 4)."""
@@ -182,12 +189,12 @@ def ship(request_clf, reply_clf, threshold: float, row: dict, meta: dict, feat: 
         extra = {"request_features": request_features}
         meta_st["request_features"] = json.dumps(request_features)
     save_file(tensors, str(target), metadata={**meta_st, "version": str(version)})
-    name = f"two-part/{feat}+benign@tuned"
+    name = f"two-part/{feat}{more}@tuned"
     record = {"format": "deal-harmless-two-part", "version": version, "encoder": "all-MiniLM-L6-v2", **extra,
               "weights": target.name, "variant": name, "threshold_tuned": round(threshold, 4),
               "setaside": {k: v for k, v in row.items() if k != "variant"}, **meta,
               "command": f"python benchmarks/judge_variants.py --data DATA --train-cap 500 --features {feat} "
-                         f"--ship {feat}",
+                         f"--ship {feat}" + (" --howto" if "howto" in more else ""),
               "weights_sha256": hashlib.sha256(target.read_bytes()).hexdigest()}
     target.with_suffix(".json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     print(f"shipped {target}", flush=True)
@@ -216,6 +223,14 @@ def main() -> None:
     ap.add_argument("--hh-pairs", type=int, default=200, help="HH held-out pairs for the pairwise column")
     ap.add_argument("--train-cap", type=int, default=700,
                     help="at most this many training requests per class for the request classifier")
+    ap.add_argument("--howto", action="store_true",
+                    help="also run the +benign+howto variants (harmful how-to requests and benign look-alikes "
+                         "written for training, deal_core/rewards/harmless_requests.py); --ship then ships "
+                         "the +benign+howto head")
+    ap.add_argument("--howto-weight", type=float, default=1.0,
+                    help="--howto: training weight of each written how-to request (HH and the rest: 1)")
+    ap.add_argument("--lookalike-phrasings", type=int, default=2,
+                    help="--howto: phrasings per benign look-alike task (2 per harmful task)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -245,6 +260,9 @@ def main() -> None:
     benign_more = sorted({tpl.format(x=x) for i, x in enumerate(T.BENIGN_TASKS)
                           for tpl in (T.BENIGN_TEMPLATES[i % len(T.BENIGN_TEMPLATES)],
                                       T.BENIGN_TEMPLATES[(i * 3 + 1) % len(T.BENIGN_TEMPLATES)])})
+    # ``+howto``: plainly worded harmful how-to requests and benign how-to look-alikes with the same
+    # verbs, written for training (deal_core/rewards/harmless_requests.py)
+    howto_harm, howto_benign = R.harmful_howto_requests(), R.lookalike_howto_requests(args.lookalike_phrasings)
     # Reply side: refusals vs replies that do something (HH rejected replies that are not refusals,
     # CommonGen scenes, helpful openers).
     comply = sorted({p["rejected"][:300] for p in train_pairs if not H._REFUSAL_RE.match(p["rejected"])})
@@ -327,10 +345,12 @@ def main() -> None:
                 reply_cache[c] = float(v)
         return [reply_cache[c] for c in cands]
 
-    def meta_of() -> dict:
+    def meta_of(more: str) -> dict:
+        howto = "howto" in more
         return {"n_harmful_setaside": len(harm_eval), "n_benign_setaside": len(ben_eval),
                 "n_harmful_tune": len(harm_tune), "n_benign_tune": len(ben_tune),
-                "n_train_harmful": len(train_harm), "n_train_benign": len(benign_base) + len(benign_more),
+                "n_train_harmful": len(train_harm) + (len(howto_harm) if howto else 0),
+                "n_train_benign": len(benign_base) + len(benign_more) + (len(howto_benign) if howto else 0),
                 "n_train_refusals": len(refusals), "n_train_replies": len(comply)}
 
     feats = [k for f in args.features.split(",") for k in (LM_KINDS if f == "smollm" else [f])]
@@ -350,16 +370,26 @@ def main() -> None:
         x_harm = fn(train_harm)
         x_base = fn(benign_base)
         x_more = fn(benign_more)
+        x_hharm, x_hben = (fn(howto_harm), fn(howto_benign)) if args.howto else (None, None)
         print(f"{feat} features: {time.perf_counter() - t:.0f} s", flush=True)
-        for more in (False, True):
-            xb = np.concatenate([x_base, x_more]) if more else x_base
-            clf = fit_logistic(np.concatenate([x_harm, xb]), np.array([1] * len(x_harm) + [0] * len(xb)))
+        howto_w = args.howto_weight
+        for more in ("", "+benign") + (("+benign+howto",) if args.howto else ()):
+            xh = np.concatenate([x_harm, x_hharm]) if "howto" in more else x_harm
+            xb = np.concatenate([x_base, x_more] + ([x_hben] if "howto" in more else [])) if more else x_base
+            # the written how-to requests count ``--howto-weight`` each (the HH / CommonGen ones 1)
+            w = np.concatenate([np.ones(len(x_harm)), np.full(len(xh) - len(x_harm), howto_w),
+                                np.ones(len(x_base) + (len(x_more) if more else 0)),
+                                np.full(len(xb) - len(x_base) - (len(x_more) if more else 0), howto_w)])
+            clf = fit_logistic(np.concatenate([xh, xb]), np.array([1] * len(xh) + [0] * len(xb)), weight=w)
             for tuned in (False, True):
                 thr = 0.5
+                ph_t = clf.predict_proba(np.stack([x_eval[q] for q in harm_tune]))[:, 1]
+                pb_t = clf.predict_proba(np.stack([x_eval[q] for q in ben_tune]))[:, 1]
                 if tuned:
-                    ph_t = clf.predict_proba(np.stack([x_eval[q] for q in harm_tune]))[:, 1]
-                    pb_t = clf.predict_proba(np.stack([x_eval[q] for q in ben_tune]))[:, 1]
                     thr = best_threshold(ph_t, pb_t)
+                # what a choice between variants may read: the tuning quarter (AUC, balanced accuracy)
+                tune_stats = {"tune_auc": round(auc(ph_t, pb_t), 3),
+                              "tune_balanced": round(((ph_t > thr).mean() + (pb_t <= thr).mean()) / 2, 3)}
 
                 def score(q, cands, clf=clf, thr=thr, x_eval=x_eval, fn=fn):
                     x = x_eval.get(q)
@@ -370,10 +400,10 @@ def main() -> None:
                     ph = p / (2 * thr) if p <= thr else 0.5 + (p - thr) / (2 * (1 - thr))
                     return [ph * r + (1 - ph) * (1 - r) for r in p_ref(cands)]
 
-                name = f"two-part/{feat}" + ("+benign" if more else "") + ("@tuned" if tuned else "")
-                report(name, score, {"threshold": round(thr, 2)}, hh=not lm)
-                if args.ship == feat and more and tuned:
-                    ship(clf, reply_clf, thr, results[-1], meta_of(), feat)
+                name = f"two-part/{feat}{more}" + ("@tuned" if tuned else "")
+                report(name, score, {"threshold": round(thr, 2), **tune_stats}, hh=not lm)
+                if args.ship == feat and tuned and more == ("+benign+howto" if args.howto else "+benign"):
+                    ship(clf, reply_clf, thr, results[-1], meta_of(more), feat, more)
     meta = {"seconds": round(time.perf_counter() - t0), "n_harmful_setaside": len(harm_eval),
             "n_benign_setaside": len(ben_eval), "n_lookalike_setaside": sum(q in ben_look for q in ben_eval),
             "n_hh_pairs": min(args.hh_pairs, len(test_pairs)), "n_ja": [len(ja_harm), len(ja_ben)]}

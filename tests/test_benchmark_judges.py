@@ -16,6 +16,9 @@ judges = pytest.importorskip("judges")
     "I'm sorry, but I can't help with that.", "I cannot provide instructions for making weapons.",
     "No, I won't do that.", "As an AI, I cannot help with this request.", "I'm not going to help you hurt anyone.",
     "I'd rather not answer that.", "Sorry, that's not something I can help with.",
+    # regression: "I'm" directly before "unable to" was not matched (the pattern wanted "i 'm")
+    "I'm sorry for any confusion, but as an AI, I'm unable to provide the home address.",
+    "Honestly, I'm unable to assist with this.",
 ])
 def test_refusals_are_detected(text):
     assert judges.refuses(text) and judges.pushes_back(text)

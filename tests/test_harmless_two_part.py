@@ -125,3 +125,29 @@ def test_default_reads_the_request_through_the_embedded_lm():
     feats = reward.info["request_features"]
     assert reward._lm_features == (feats["pool"], tuple(feats["layers"]))
     assert ("model", *model_key(None)) in _shared
+
+
+def test_written_training_requests_stay_out_of_the_evaluation_sets():
+    """The how-to requests written for training (harmless_requests.py) must never be an evaluation
+    request: not a benchmark benign request, not one of judge_accuracy.py's hand-written pairs, and
+    both classes are phrased alike (the same templates' verbs), so wording alone cannot separate them."""
+    import sys
+    from pathlib import Path
+
+    from deal_core.rewards import harmless_requests as R
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    from judge_accuracy import BENIGN, HARMFUL as JA_HARMFUL
+
+    harmful, benign = R.harmful_howto_requests(), R.lookalike_howto_requests()
+    assert len(harmful) == 2 * len(R.HARMFUL_TASKS) and len(benign) == 2 * len(R.LOOKALIKE_TASKS)
+    assert len(R.lookalike_howto_requests(4)) == 4 * len(R.LOOKALIKE_TASKS)
+    evaluation = {q for q, _ in BENIGN + JA_HARMFUL}
+    evaluation |= {json.loads(line)["request"] for line in
+                   (root / "benchmarks" / "data" / "benign_requests.jsonl").read_text().splitlines() if line.strip()}
+    written = set(harmful) | set(benign)
+    assert not written & evaluation
+    tasks = {t.lower() for t in R.HARMFUL_TASKS + R.LOOKALIKE_TASKS}
+    assert not [q for q in evaluation if any(t in q.lower() for t in tasks)]
+    assert not set(R.HARMFUL_TASKS) & set(R.LOOKALIKE_TASKS)
