@@ -12,7 +12,7 @@ from deal_core.prompts import prepare_prompt
 from deal_core.reference import reference_search
 from deal_core.rewards.base import Reward
 from deal_core.rewards.inflection import words
-from deal_core.search import _Decoder, _Hyp, end_here, may_end, reachable_ends, sentence_end_rows
+from deal_core.search import _Decoder, _Hyp, end_here, end_offsets, may_end, reachable_ends, sentence_end_rows
 
 
 class EndsASentence(Reward):
@@ -193,3 +193,20 @@ def test_the_search_ends_at_a_stop_token_when_the_lm_prefers_it_to_eos(tiny):
     assert at_stop.reward_scores == eos_only.reward_scores == {"length": 1.0, "sentence": 1.0}
     assert at_stop.token_ids[-1] in stop_token_ids(tiny.tokenizer, ["\n"])
     assert at_stop.score > eos_only.score
+
+
+def test_a_stop_token_end_is_placed_where_its_sentence_ends(tokenizer):
+    # A stop token is kept in a candidate's tokens (EOS is not), so counting tokens put a newline
+    # end one token late: with commit_tokens=2 the end after ". " counted as reachable for the
+    # candidate committing ". The", which had passed it. Found on a held-out length request: the
+    # beams wrote on past an exact in-band end, 59 -> 80 words.
+    dec = _Decoder(tokenizer, ["\n"])
+    dot, word, nl = tokenizer.convert_tokens_to_ids("."), tokenizer.encode(" cat")[0], tokenizer.encode("\n")[0]
+    eos, close = {tokenizer.eos_token_id}, sentence_end_ids(tokenizer)
+    beam = _Hyp([word], " cat", -1.0, 0.0, ())
+    row = [dot, word, dot, word]
+    at_eos = sentence_end_rows(dec, eos, close, beam, row, [-1.0] * 4, [(tokenizer.eos_token_id, -3.0)] * 3, 3, 50)
+    at_nl = sentence_end_rows(dec, eos, close, beam, row, [-1.0] * 4, [(nl, -0.5)] * 3, 3, 50)
+    assert [c[0].text for c in at_nl] == [c[0].text for c in at_eos] == [" cat.", " cat. cat."]
+    assert end_offsets(at_nl) == end_offsets(at_eos) == [1, 3]
+    assert reachable_ends(end_offsets(at_nl), commit=2) == [1]  # ". cat" committed: the first end is passed

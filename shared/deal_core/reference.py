@@ -22,8 +22,8 @@ from .prompts import PreparedPrompt
 from .result import SearchResult, SearchStats
 from .rewards import RewardSet
 from .errors import StructureError
-from .search import (_Decoder, _Hyp, apply_mask, end_here, eos_candidates, eos_token_ids, first_of_each_end,
-                     make_candidate, make_constraint, may_end, no_valid_candidate, proposes_eos, reachable_ends, select,
+from .search import (_Decoder, _Hyp, apply_mask, end_here, end_offsets, eos_candidates, eos_token_ids,
+                     first_of_each_end, make_candidate, make_constraint, may_end, no_valid_candidate, proposes_eos, reachable_ends, select,
                      sentence_end_rows, set_score, step_plan, structurally_valid)
 
 
@@ -75,13 +75,12 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
                 hyp = _scored(dec, eos, beam, row, row_lp, commit, look, prompt, rewards, config, stats)
                 candidates.append(hyp)
                 if close_ids is not None:
+                    raw = sentence_end_rows(dec, eos, close_ids, beam, row, row_lp, row_eos, look,
+                                            config.max_new_tokens)
                     row_ends = [_with_values(end, rollout_text, ended, prompt, rewards, config, stats)
-                                for end, rollout_text, ended, _, _ in sentence_end_rows(
-                                    dec, eos, close_ids, beam, row, row_lp, row_eos, look,
-                                    config.max_new_tokens)]
+                                for end, rollout_text, ended, _, _ in raw]
                     # It may end at its rollout's sentence ends -- those past what it commits now.
-                    reachable = [row_ends[e].values for e in reachable_ends(
-                        [len(e.tokens) - len(beam.tokens) for e in row_ends], commit)]
+                    reachable = [row_ends[e].values for e in reachable_ends(end_offsets(raw), commit)]
                     if hyp.finish is None and reachable:
                         set_score(hyp, may_end(rewards, hyp.values, reachable), rewards, config)
                     rollout_ends += row_ends

@@ -280,6 +280,15 @@ def may_end(rewards: RewardSet, own: tuple[float, ...], ends: Sequence[tuple[flo
     return best
 
 
+def end_offsets(ends: Sequence[tuple[_Hyp, str, bool, list[int], float]]) -> list[int]:
+    """Where each end of :func:`sentence_end_rows` is in its row: the row tokens it keeps before its
+    end token. An EOS is not kept in a candidate's tokens, a stop token is (its text is cut
+    instead), so the tokens' count alone puts a stop-token end one token late -- and then
+    :func:`reachable_ends` counted the end after ". " as reachable for the candidate that commits
+    ". The" (a held-out length request wrote on past an exact in-band end: 59 -> 80 words)."""
+    return [len(new) - (hyp.finish == "stop") for hyp, _, _, new, _ in ends]
+
+
 def reachable_ends(end_lengths: Sequence[int], commit: int) -> list[int]:
     """Which of a row's rollout ends (given by the tokens each keeps before its EOS) the row's live
     candidate can still reach: those at or after its last committed token. An end inside the
@@ -424,7 +433,7 @@ class SearchState:
             for r in range(n_rows):
                 ends = sentence_end_rows(dec, self.eos, self.close_ids, self.live[r // k], p.seq[r], p.seq_lp[r],
                                          p.out.seq_eos[r], p.look, config.max_new_tokens)
-                ends_of[r] = [len(cands) + e for e in reachable_ends([len(c[3]) for c in ends], p.commit)]
+                ends_of[r] = [len(cands) + e for e in reachable_ends(end_offsets(ends), p.commit)]
                 cands += ends
                 beam_of += [r // k] * len(ends)
         n_cands = len(cands)
