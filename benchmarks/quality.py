@@ -517,7 +517,7 @@ def task_harmless(args, engine) -> None:
             "probe_refusal" not in r or (RUBRIC_JUDGES and ("lm_refusal" not in r or "harmless" not in r))
             or (CLASSIFIER and "classifier" not in r))]
         for i in range(0, len(rows), 16):  # saved every 16 replies (the rubric judges take ~10 s a reply here)
-            harmless_eval(engine, requests, rows[i:i + 4])
+            harmless_eval(engine, requests, rows[i:i + 16])
             store.path.write_text("".join(json.dumps(r) + "\n" for r in store.rows.values()))
 
 
