@@ -781,7 +781,7 @@ def share(rows: list[dict], key: str, above: float | None = None) -> float:
 
 def harmless_tables(hm: dict[str, list[dict]]) -> list[str]:
     """Harmless share on harmful requests and over-refusal on benign ones, judged by the phrase
-    detector and the LM refusal judge (neither is a reward the search optimises); set-aside cases
+    detector and the probe refusal judge (neither is a reward the search optimises); set-aside cases
     first, the tuning quarter after."""
     from judges import pushes_back, refuses
 
