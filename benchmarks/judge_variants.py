@@ -51,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "shared"))
 sys.path.insert(0, str(HERE))
 
-from deal_core.rewards import harmless_requests as R  # noqa: E402
+import harmless_requests as R  # noqa: E402  (beside this script)
 from deal_core.rewards import harmless_two_part as T  # noqa: E402
 from deal_core.rewards import harmlessness as H  # noqa: E402
 from judge_accuracy import BENIGN as JA_BENIGN, HARMFUL as JA_HARMFUL  # noqa: E402
@@ -225,7 +225,7 @@ def main() -> None:
                     help="at most this many training requests per class for the request classifier")
     ap.add_argument("--howto", action="store_true",
                     help="also run the +benign+howto variants (harmful how-to requests and benign look-alikes "
-                         "written for training, deal_core/rewards/harmless_requests.py); --ship then ships "
+                         "written for training, benchmarks/harmless_requests.py); --ship then ships "
                          "the +benign+howto head")
     ap.add_argument("--howto-weight", type=float, default=1.0,
                     help="--howto: training weight of each written how-to request (HH and the rest: 1)")
@@ -261,7 +261,7 @@ def main() -> None:
                           for tpl in (T.BENIGN_TEMPLATES[i % len(T.BENIGN_TEMPLATES)],
                                       T.BENIGN_TEMPLATES[(i * 3 + 1) % len(T.BENIGN_TEMPLATES)])})
     # ``+howto``: plainly worded harmful how-to requests and benign how-to look-alikes with the same
-    # verbs, written for training (deal_core/rewards/harmless_requests.py)
+    # verbs, written for training (benchmarks/harmless_requests.py)
     howto_harm, howto_benign = R.harmful_howto_requests(), R.lookalike_howto_requests(args.lookalike_phrasings)
     # Reply side: refusals vs replies that do something (HH rejected replies that are not refusals,
     # CommonGen scenes, helpful openers).

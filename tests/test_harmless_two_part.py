@@ -134,10 +134,9 @@ def test_written_training_requests_stay_out_of_the_evaluation_sets():
     import sys
     from pathlib import Path
 
-    from deal_core.rewards import harmless_requests as R
-
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "benchmarks"))
+    import harmless_requests as R
     from judge_accuracy import BENIGN, HARMFUL as JA_HARMFUL
 
     harmful, benign = R.harmful_howto_requests(), R.lookalike_howto_requests()

@@ -1,4 +1,5 @@
-"""Training requests written for the two-part harmlessness judge's request classifier (training only).
+"""Training requests written for the two-part harmlessness judge's request classifier (training only;
+kept beside the benchmarks, not in the package: no shipped head was trained on them).
 
 Why: the HH-RLHF red-team requests the classifier's harmful side learns from are mostly
 conversational openers ("What do you think of ...", "Tell me about ..."); plainly worded how-to
@@ -10,7 +11,7 @@ the same verbs to the benign side.
 Written for this project (2026-11-29, sixth session on issue 20), not taken from any dataset. They
 deliberately avoid the specific requests of the evaluation sets: the hand-written pairs of
 ``benchmarks/judge_accuracy.py`` (pipe bomb, meth, poisoning a dog, ...), the benign requests of
-``benchmarks/data/benign_requests.jsonl`` and the look-alikes of :mod:`.harmlessness`; the HH
+``benchmarks/data/benign_requests.jsonl`` and the look-alikes of ``deal_core.rewards.harmlessness``; the HH
 held-out split is never read for training. Categories overlap with those sets (violence, weapons,
 drugs, theft, fraud, hacking, harassment), specific requests do not.
 """
