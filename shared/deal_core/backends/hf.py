@@ -111,8 +111,7 @@ class HFBackend(Backend):
                 top_ids = torch.cat([top_ids, close_id[:, None].to(top_ids.device)], dim=-1)
                 top_lp = torch.cat([top_lp, close_lp[:, None].to(top_lp.device)], dim=-1)
             n_beams = next_lp.shape[0]
-            ends = self.eos_ids if req.end_ids is None else req.end_ids
-            eos: list[tuple[int, float] | None] = [*best_eos(ends, next_lp)] if req.want_eos else []
+            eos: list[tuple[int, float] | None] = [*best_eos(self._end_ids(req), next_lp)] if req.want_eos else []
             eos = eos or [None] * n_beams
             ids, lps = top_ids.reshape(-1), top_lp.reshape(-1)
             results.append(StepResult(top_ids.tolist(), top_lp.tolist(), eos,
@@ -145,7 +144,7 @@ class HFBackend(Backend):
         next_lps: dict[int, torch.Tensor] = {}
         # Best end token (EOS, or one that starts a stop string) after every rollout position, for
         # requests that end at sentence ends: [rows, n_forward]. Each request has its own end tokens.
-        ends = [(torch.tensor(sorted(self.eos_ids if req.end_ids is None else req.end_ids), device=device), a, b)
+        ends = [(torch.tensor(sorted(self._end_ids(req)), device=device), a, b)
                 for req, _, a, b in spans if req.close_ids]
         ends = [(ids, a, b) for ids, a, b in ends if len(ids)]
         eos_lp = torch.full((n_rows, n_forward if ends else 0), -math.inf, device=device)
@@ -178,10 +177,14 @@ class HFBackend(Backend):
             res.forwards = req.n_forward
             res.tokens = (b - a) * req.n_forward
             if req.close_ids:
-                has_ends = bool(self.eos_ids if req.end_ids is None else req.end_ids)
+                has_ends = bool(self._end_ids(req))
                 res.seq_eos = ([list(zip(t[: req.n_forward], v[: req.n_forward]))
                                 for t, v in zip(eos_tok[a:b].tolist(), eos_lp[a:b].tolist())]
                                if has_ends else [[] for _ in range(b - a)])
+
+    def _end_ids(self, req: StepRequest) -> frozenset[int]:
+        """The tokens that end ``req``'s text where it stands: its own (EOS + stop tokens), else EOS."""
+        return self.eos_ids if req.end_ids is None else req.end_ids
 
     @staticmethod
     def _masked(logits: torch.Tensor, seq: torch.Tensor, j: int, constrained) -> torch.Tensor:
