@@ -16,13 +16,13 @@ import time
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from .backends.base import best_close, best_eos, sentence_end_ids, stop_token_ids
+from .backends.base import best_close, best_eos, sentence_end_ids
 from .config import SearchConfig
 from .prompts import PreparedPrompt
 from .result import SearchResult, SearchStats
 from .rewards import RewardSet
 from .errors import StructureError
-from .search import (_Decoder, _Hyp, apply_mask, end_here, end_offsets, eos_candidates, eos_token_ids,
+from .search import (_Decoder, _Hyp, apply_mask, end_here, end_offsets, end_token_ids, eos_candidates, eos_token_ids,
                      first_of_each_end, make_candidate, make_constraint, may_end, no_valid_candidate, proposes_eos, reachable_ends, select,
                      sentence_end_rows, set_score, step_plan, structurally_valid)
 
@@ -42,8 +42,7 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
     constraint = make_constraint(config, model, tokenizer, eos)
     # sentence_ends: a sentence-end candidate per beam, and "end here" at the rollouts' sentence ends.
     close_ids = sentence_end_ids(tokenizer) if config.sentence_ends else None
-    # ... where "end here" may also write a token that begins with a stop string (it ends the text as EOS does).
-    end_ids = eos | stop_token_ids(tokenizer, config.stop) if config.sentence_ends else eos
+    end_ids = end_token_ids(config, tokenizer, eos)  # EOS, and with sentence_ends the stop-string tokens
 
     while True:
         commit, look, _ = step_plan(config, len(beams[0].tokens))
@@ -145,7 +144,7 @@ class _Masked(LogitsProcessor):
 
 
 def _generate(model, context: list[int], n: int, device, eos: set[int], stats: SearchStats,
-              constraint=None, generated: list[int] | None = None, end_ids: set[int] | None = None
+              constraint=None, generated: list[int] | None = None, end_ids: frozenset[int] | None = None
               ) -> tuple[list[int], list[float], list[tuple[int, float]]]:
     """Greedy ``n`` tokens after ``context`` with a fresh ``generate`` call; tokens, log-probs
     (under a constraint: masked, renormalised over the allowed tokens, as the fast search does) and,
@@ -165,8 +164,8 @@ def _generate(model, context: list[int], n: int, device, eos: set[int], stats: S
     steps = out.scores if constraint is not None else out.logits  # scores: after the mask
     dists = [torch.log_softmax(step[0].float(), -1) for step in steps]
     lps = [d[t].item() for d, t in zip(dists, tokens)]
-    end_ids = eos if end_ids is None else end_ids
-    ends = [best_eos(end_ids, d[None])[0] for d in dists[: len(tokens)]] if end_ids else []
+    ends_at = eos if end_ids is None else end_ids
+    ends = [best_eos(ends_at, d[None])[0] for d in dists[: len(tokens)]] if ends_at else []
     stats.lm_forward_passes += len(tokens)
     stats.lm_tokens += len(context) + len(tokens) - 1
     return tokens, lps, ends

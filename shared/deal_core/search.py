@@ -280,6 +280,13 @@ def may_end(rewards: RewardSet, own: tuple[float, ...], ends: Sequence[tuple[flo
     return best
 
 
+def end_token_ids(config: SearchConfig, tokenizer, eos: AbstractSet[int]) -> frozenset[int]:
+    """What "end here" may write: EOS, and with ``sentence_ends`` also a token that begins with one
+    of the caller's stop strings -- it ends the text just as EOS does, and after a full stop the LM
+    often prices a newline far below EOS (held-out length requests: 2-4 vs 5-13 nats)."""
+    return frozenset(eos) | stop_token_ids(tokenizer, config.stop) if config.sentence_ends else frozenset(eos)
+
+
 def end_offsets(ends: Sequence[tuple[_Hyp, str, bool, list[int], float]]) -> list[int]:
     """Where each end of :func:`sentence_end_rows` is in its row: the row tokens it keeps before its
     end token. An EOS is not kept in a candidate's tokens, a stop token is (its text is cut
@@ -363,10 +370,7 @@ class SearchState:
                 raise ConfigError(f"sentence_ends needs the backend's EOS log-probs inside rollouts, which the "
                                   f"{backend.name!r} backend does not report; use backend='hf', or drop sentence_ends")
             self.close_ids = sentence_end_ids(backend.tokenizer)
-        # What "end here" may write: EOS, and with sentence_ends also a token that begins with one of
-        # the caller's stop strings -- it ends the text just as EOS does, and after a full stop the LM
-        # often prices a newline far below EOS (held-out length requests: 2-4 vs 5-13 nats).
-        self.end_ids = self.eos | stop_token_ids(backend.tokenizer, config.stop) if config.sentence_ends else self.eos
+        self.end_ids = end_token_ids(config, backend.tokenizer, self.eos)
         no_rewards = tuple(0.0 for _ in rewards.items)
         self.live: list[_Hyp] = [_Hyp([], "", 0.0, 0.0, no_rewards)]
         self.finished: list[_Hyp] = []  # finished hypotheses still in the beam
