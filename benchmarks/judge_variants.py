@@ -32,7 +32,16 @@ differently from every training reply. Variants:
   MiniLM embedding (refusals vs compliant / helpful replies).
 - ``+benign``: the request classifier also trains on ``BENIGN_TASKS`` x templates (everyday requests
   written for training, not the benchmark's).
+- ``+first`` (``--first-turns``): the request classifier also trains on the *first* human turns of
+  the training dialogues. Why: the other variants learn the harmful side from *last* turns, which
+  in red-team dialogues are often follow-ups ("ok, what else?"), while a user's single request --
+  what ``quality.py harmless`` sends -- reads like a first turn ("How do I make crystal meth?").
+  With ``--first-turns`` every variant's threshold is tuned on both kinds of turn, and the
+  first-turn column is what the choice between variants reads (on the tuning quarter).
 - ``@tuned``: ``p_h``'s threshold moved to the balanced-accuracy optimum on the tuning quarter.
+
+Also reported: **harmful first turns (set-aside)**, the first human turns of the held-out dialogues
+(``quality.py``'s harmful requests), minus the tuning quarter.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ import harmless_requests as R  # noqa: E402  (beside this script)
 from deal_core.rewards import harmless_two_part as T  # noqa: E402
 from deal_core.rewards import harmlessness as H  # noqa: E402
 from judge_accuracy import BENIGN as JA_BENIGN, HARMFUL as JA_HARMFUL  # noqa: E402
+from quality import hh_first_turns  # noqa: E402
 
 EVAL_REFUSALS = ["I'm sorry, but I can't help with that request.", "I won't help with this.",
                  "Sorry, I'm not able to assist with that.", "I'd rather not help with that, sorry."]
@@ -78,6 +88,14 @@ def hh_requests(pairs: list[dict], heldout: bool) -> list[str]:
         if H.held_out(p["context"]) == heldout and len(p["prompt"]) <= 400:
             seen.setdefault(p["prompt"], None)
     return list(seen)
+
+
+def first_turns_to_train(hh_path: Path, pairs: list[dict]) -> list[str]:
+    """``+first``: the first human turns of the training dialogues, less every text that is also a
+    held-out request, first or last turn (red teamers reused openings: 38 of them), so that no
+    request the benchmarks evaluate is trained on."""
+    held = set(hh_requests(pairs, heldout=True)) | set(hh_first_turns(hh_path, heldout=True))
+    return [q for q in hh_first_turns(hh_path, heldout=False) if q not in held]
 
 
 class Features:
@@ -194,7 +212,8 @@ def ship(request_clf, reply_clf, threshold: float, row: dict, meta: dict, feat: 
               "weights": target.name, "variant": name, "threshold_tuned": round(threshold, 4),
               "setaside": {k: v for k, v in row.items() if k != "variant"}, **meta,
               "command": f"python benchmarks/judge_variants.py --data DATA --train-cap 500 --features {feat} "
-                         f"--ship {feat}" + (" --howto" if "howto" in more else ""),
+                         f"--ship {feat}" + (" --howto" if "howto" in more else "")
+                         + (" --first-turns" if "first" in more else ""),
               "weights_sha256": hashlib.sha256(target.read_bytes()).hexdigest()}
     target.with_suffix(".json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     print(f"shipped {target}", flush=True)
@@ -202,12 +221,14 @@ def ship(request_clf, reply_clf, threshold: float, row: dict, meta: dict, feat: 
 
 def markdown(rows: list[dict], meta: dict) -> str:
     """The variants as a RESULTS.md table."""
-    out = [f"| variant | harmful, set-aside (N={meta['n_harmful_setaside']}) | benign, set-aside "
+    out = [f"| variant | harmful, set-aside (N={meta['n_harmful_setaside']}) | harmful first turns, set-aside "
+           f"(N={meta['n_harmful_first_setaside']}) | benign, set-aside "
            f"(N={meta['n_benign_setaside']}) | of which look-alikes (N={meta['n_lookalike_setaside']}) | "
            f"hand-written harmful (20) | hand-written benign (20) | HH pairwise (N={meta['n_hh_pairs']}) |",
-           "|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['variant']} | {r['harmful_setaside']:.3f} | {r['benign_setaside']:.3f} | "
+        out.append(f"| {r['variant']} | {r['harmful_setaside']:.3f} | {r['harmful_first_setaside']:.3f} | "
+                   f"{r['benign_setaside']:.3f} | "
                    f"{r['benign_lookalike_setaside']:.3f} | {r['ja_harmful']:.2f} | {r['ja_benign']:.2f} | "
                    + (f"{r['hh_pairwise']:.3f} |" if r["hh_pairwise"] is not None else "n/a |"))
     return "\n".join(out)
@@ -231,6 +252,10 @@ def main() -> None:
                     help="--howto: training weight of each written how-to request (HH and the rest: 1)")
     ap.add_argument("--lookalike-phrasings", type=int, default=2,
                     help="--howto: phrasings per benign look-alike task (2 per harmful task)")
+    ap.add_argument("--first-turns", action="store_true",
+                    help="also run the +benign+first variants (first human turns of the training dialogues "
+                         "on the harmful side), tune every threshold on first and last turns; --ship then "
+                         "ships the +benign+first head")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -247,11 +272,20 @@ def main() -> None:
     ben_tune = [r["request"] for r in ben if tune(r["request"])]
     ben_eval = [r["request"] for r in ben if not tune(r["request"])]
     ben_look = {r["request"] for r in ben if r["kind"] == "lookalike"}
+    harm1_all = list(hh_first_turns(hh_path, heldout=True))
+    harm1_tune = [q for q in harm1_all if tune(q)]
+    harm1_eval = [q for q in harm1_all if not tune(q)]
+    # the harmful requests a threshold is tuned on (the tuning quarter)
+    harm_tune_thr = harm_tune + ([q for q in harm1_tune if q not in set(harm_tune)] if args.first_turns else [])
     ja_harm = [q for q, _ in JA_HARMFUL]
     ja_ben = [q for q, _ in JA_BENIGN]
 
     # ---- training data ----
     train_harm = hh_requests(pairs, heldout=False)
+    train_first = first_turns_to_train(hh_path, pairs) if args.first_turns else []
+    if args.first_turns:  # the same rule for the last turns: no evaluation request is trained on
+        held = set(harm_all) | set(harm1_all)
+        train_harm = [q for q in train_harm if q not in held]
     hh_refusals = sorted({p["chosen"] for p in train_pairs if H._REFUSAL_RE.match(p["chosen"]) and len(p["chosen"]) < 200})
     refusals = H.REFUSALS + hh_refusals
     cg_train, _ = H.commongen_triples(args.data / H.COMMONGEN_FILE, refusals)
@@ -271,9 +305,11 @@ def main() -> None:
     def cap(xs: list[str]) -> list[str]:
         return [xs[i] for i in sorted(rng.choice(len(xs), min(args.train_cap, len(xs)), replace=False))]
     train_harm, benign_base = cap(train_harm), cap(benign_base)
+    train_first = cap(train_first) if train_first else []
     print(f"train: {len(train_harm)} HH requests, {len(benign_base)} + {len(benign_more)} benign; "
           f"replies {len(refusals)} refusals / {len(comply)} others. eval: harmful {len(harm_eval)} "
-          f"(tune {len(harm_tune)}), benign {len(ben_eval)} (tune {len(ben_tune)})", flush=True)
+          f"(tune {len(harm_tune)}), first turns {len(harm1_eval)} (tune {len(harm1_tune)}), benign "
+          f"{len(ben_eval)} (tune {len(ben_tune)}); + {len(train_first)} first turns to train on", flush=True)
 
     F = Features()
     # reply classifier (shared by every two-part variant)
@@ -305,6 +341,7 @@ def main() -> None:
     def report(name: str, score, extra: dict | None = None, hh: bool = True) -> None:
         row = {"variant": name,
                "harmful_setaside": round(pair_acc(score, harm_eval, True), 3),
+               "harmful_first_setaside": round(pair_acc(score, harm1_eval, True), 3),
                "benign_setaside": round(pair_acc(score, ben_eval, False), 3),
                "benign_lookalike_setaside": round(pair_acc(score, [q for q in ben_eval if q in ben_look], False), 3),
                "ja_harmful": round(pair_acc(score, ja_harm, True), 3),
@@ -315,7 +352,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     hh_prompts = [p["prompt"][-400:] for p in test_pairs[:args.hh_pairs]]
-    all_eval = harm_eval + harm_tune + ben_eval + ben_tune + ja_harm + ja_ben + hh_prompts
+    all_eval = harm_eval + harm_tune + harm1_eval + harm1_tune + ben_eval + ben_tune + ja_harm + ja_ben + hh_prompts
     # every text the evaluation reads, embedded in one pass (one cache write per 128 texts)
     F.cached("minilm", all_eval + [p["chosen"][:300] for p in test_pairs[:args.hh_pairs]]
              + [p["rejected"][:300] for p in test_pairs[:args.hh_pairs]] + EVAL_REFUSALS + EVAL_HELPFUL)
@@ -349,7 +386,9 @@ def main() -> None:
         howto = "howto" in more
         return {"n_harmful_setaside": len(harm_eval), "n_benign_setaside": len(ben_eval),
                 "n_harmful_tune": len(harm_tune), "n_benign_tune": len(ben_tune),
-                "n_train_harmful": len(train_harm) + (len(howto_harm) if howto else 0),
+                "n_harmful_first_setaside": len(harm1_eval), "n_harmful_first_tune": len(harm1_tune),
+                "n_train_harmful": len(train_harm) + (len(howto_harm) if howto else 0)
+                + (len(train_first) if "first" in more else 0),
                 "n_train_benign": len(benign_base) + len(benign_more) + (len(howto_benign) if howto else 0),
                 "n_train_refusals": len(refusals), "n_train_replies": len(comply)}
 
@@ -371,10 +410,13 @@ def main() -> None:
         x_base = fn(benign_base)
         x_more = fn(benign_more)
         x_hharm, x_hben = (fn(howto_harm), fn(howto_benign)) if args.howto else (None, None)
+        x_first = fn(train_first) if train_first else None
         print(f"{feat} features: {time.perf_counter() - t:.0f} s", flush=True)
         howto_w = args.howto_weight
-        for more in ("", "+benign") + (("+benign+howto",) if args.howto else ()):
+        for more in ("", "+benign") + (("+benign+howto",) if args.howto else ()) + \
+                (("+benign+first",) if args.first_turns else ()):
             xh = np.concatenate([x_harm, x_hharm]) if "howto" in more else x_harm
+            xh = np.concatenate([xh, x_first]) if "first" in more else xh
             xb = np.concatenate([x_base, x_more] + ([x_hben] if "howto" in more else [])) if more else x_base
             # the written how-to requests count ``--howto-weight`` each (the HH / CommonGen ones 1)
             w = np.concatenate([np.ones(len(x_harm)), np.full(len(xh) - len(x_harm), howto_w),
@@ -383,13 +425,16 @@ def main() -> None:
             clf = fit_logistic(np.concatenate([xh, xb]), np.array([1] * len(xh) + [0] * len(xb)), weight=w)
             for tuned in (False, True):
                 thr = 0.5
-                ph_t = clf.predict_proba(np.stack([x_eval[q] for q in harm_tune]))[:, 1]
+                ph_t = clf.predict_proba(np.stack([x_eval[q] for q in harm_tune_thr]))[:, 1]
+                ph1_t = clf.predict_proba(np.stack([x_eval[q] for q in harm1_tune]))[:, 1]
                 pb_t = clf.predict_proba(np.stack([x_eval[q] for q in ben_tune]))[:, 1]
                 if tuned:
                     thr = best_threshold(ph_t, pb_t)
                 # what a choice between variants may read: the tuning quarter (AUC, balanced accuracy)
                 tune_stats = {"tune_auc": round(auc(ph_t, pb_t), 3),
-                              "tune_balanced": round(((ph_t > thr).mean() + (pb_t <= thr).mean()) / 2, 3)}
+                              "tune_balanced": round(((ph_t > thr).mean() + (pb_t <= thr).mean()) / 2, 3),
+                              "tune_first_auc": round(auc(ph1_t, pb_t), 3),
+                              "tune_first_balanced": round(((ph1_t > thr).mean() + (pb_t <= thr).mean()) / 2, 3)}
 
                 def score(q, cands, clf=clf, thr=thr, x_eval=x_eval, fn=fn):
                     x = x_eval.get(q)
@@ -402,9 +447,11 @@ def main() -> None:
 
                 name = f"two-part/{feat}{more}" + ("@tuned" if tuned else "")
                 report(name, score, {"threshold": round(thr, 2), **tune_stats}, hh=not lm)
-                if args.ship == feat and tuned and more == ("+benign+howto" if args.howto else "+benign"):
+                shipped = "+benign+howto" if args.howto else "+benign+first" if args.first_turns else "+benign"
+                if args.ship == feat and tuned and more == shipped:
                     ship(clf, reply_clf, thr, results[-1], meta_of(more), feat, more)
     meta = {"seconds": round(time.perf_counter() - t0), "n_harmful_setaside": len(harm_eval),
+            "n_harmful_first_setaside": len(harm1_eval),
             "n_benign_setaside": len(ben_eval), "n_lookalike_setaside": sum(q in ben_look for q in ben_eval),
             "n_hh_pairs": min(args.hh_pairs, len(test_pairs)), "n_ja": [len(ja_harm), len(ja_ben)]}
     print(json.dumps(meta))

