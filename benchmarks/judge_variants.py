@@ -41,7 +41,8 @@ differently from every training reply. Variants:
 - ``@tuned``: ``p_h``'s threshold moved to the balanced-accuracy optimum on the tuning quarter.
 
 Also reported: **harmful first turns (set-aside)**, the first human turns of the held-out dialogues
-(``quality.py``'s harmful requests), minus the tuning quarter.
+(``quality.py``'s harmful requests), minus the tuning quarter. ``--shipped-gate`` reports instead
+which share of each set the shipped gate flags (``TwoPartHarmlessness().p_harmful > 0.5``).
 """
 
 from __future__ import annotations
@@ -234,6 +235,23 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(out)
 
 
+def shipped_gate(sets: dict[str, list[str]], json_path: Path | None) -> None:
+    """The share of each request set that the shipped gate flags (``p_harmful > 0.5``), read through
+    the product's own code path rather than this script's feature cache."""
+    gate = T.TwoPartHarmlessness()
+    rows = []
+    for name, reqs in sets.items():
+        flagged = sum(gate.p_harmful(q) > 0.5 for q in reqs)
+        rows.append({"requests": name, "n": len(reqs), "flagged": flagged, "share": round(flagged / len(reqs), 3)})
+        print(json.dumps(rows[-1]), flush=True)
+    print("| requests | N | flagged by the shipped gate |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r['requests']} | {r['n']} | {r['flagged']} = {r['share']:.3f} |")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(rows, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=HERE.parents[1] / "shared" / "data")
@@ -252,6 +270,9 @@ def main() -> None:
                     help="--howto: training weight of each written how-to request (HH and the rest: 1)")
     ap.add_argument("--lookalike-phrasings", type=int, default=2,
                     help="--howto: phrasings per benign look-alike task (2 per harmful task)")
+    ap.add_argument("--shipped-gate", action="store_true",
+                    help="only report the shipped gate (TwoPartHarmlessness().p_harmful > 0.5) on first and last "
+                         "turns and benign requests, tuning quarter and set-aside, and exit")
     ap.add_argument("--first-turns", action="store_true",
                     help="also run the +benign+first variants (first human turns of the training dialogues "
                          "on the harmful side), tune every threshold on first and last turns; --ship then "
@@ -276,6 +297,12 @@ def main() -> None:
     harm1_tune = [q for q in harm1_all if tune(q)]
     harm1_eval = [q for q in harm1_all if not tune(q)]
     # the harmful requests a threshold is tuned on (the tuning quarter)
+    if args.shipped_gate:
+        shipped_gate({"HH first turns, tuning quarter": harm1_tune, "HH first turns, set-aside": harm1_eval,
+                      "HH last turns, tuning quarter": harm_tune, "HH last turns, set-aside": harm_eval,
+                      "benign, tuning quarter": ben_tune, "benign, set-aside": ben_eval,
+                      "benign look-alikes, set-aside": [q for q in ben_eval if q in ben_look]}, args.json)
+        return
     harm_tune_thr = harm_tune + ([q for q in harm1_tune if q not in set(harm_tune)] if args.first_turns else [])
     ja_harm = [q for q, _ in JA_HARMFUL]
     ja_ben = [q for q, _ in JA_BENIGN]
@@ -395,6 +422,8 @@ def main() -> None:
     feats = [k for f in args.features.split(",") for k in (LM_KINDS if f == "smollm" else [f])]
     for feat in feats:
         def fn(texts, feat=feat):
+            if "." in feat:  # ``minilm.smollm-last-15_30``: both readings of the request, concatenated
+                return np.concatenate([fn(texts, part) for part in feat.split(".")], -1)
             if feat.startswith("smollm-") and "_" in feat:  # several layers: concatenated
                 _, pool, layers = feat.split("-")
                 return np.concatenate([F.cached(f"smollm-{pool}-{x}", texts) for x in layers.split("_")], -1)
@@ -402,7 +431,7 @@ def main() -> None:
         t = time.perf_counter()
         # The LM reads the long multi-turn HH contexts of the pairwise column slowly (minutes on 2
         # shared cores): that column is left out for LM features (the question here is the request).
-        lm = feat.startswith("smollm")
+        lm = "smollm" in feat
         pairwise_only = set(hh_prompts) - set(all_eval[:len(all_eval) - len(hh_prompts)])
         reqs = [q for q in all_eval if not lm or q not in pairwise_only]
         x_eval = dict(zip(reqs, fn(reqs)))
