@@ -91,11 +91,16 @@ def hh_requests(pairs: list[dict], heldout: bool) -> list[str]:
     return list(seen)
 
 
-def first_turns_to_train(hh_path: Path, pairs: list[dict]) -> list[str]:
-    """``+first``: the first human turns of the training dialogues, less every text that is also a
-    held-out request, first or last turn (red teamers reused openings: 38 of them), so that no
+def held_requests(hh_path: Path, pairs: list[dict]) -> set[str]:
+    """Every harmful request the benchmarks evaluate: the held-out dialogues' last turns (this
+    script) and first turns (``quality.py harmless``)."""
+    return set(hh_requests(pairs, heldout=True)) | set(hh_first_turns(hh_path, heldout=True))
+
+
+def first_turns_to_train(hh_path: Path, held: set[str]) -> list[str]:
+    """``+first``: the first human turns of the training dialogues, less every text in ``held`` (the
+    held-out requests, first and last turns: red teamers reused openings, 38 of them), so that no
     request the benchmarks evaluate is trained on."""
-    held = set(hh_requests(pairs, heldout=True)) | set(hh_first_turns(hh_path, heldout=True))
     return [q for q in hh_first_turns(hh_path, heldout=False) if q not in held]
 
 
@@ -296,23 +301,24 @@ def main() -> None:
     harm1_all = list(hh_first_turns(hh_path, heldout=True))
     harm1_tune = [q for q in harm1_all if tune(q)]
     harm1_eval = [q for q in harm1_all if not tune(q)]
-    # the harmful requests a threshold is tuned on (the tuning quarter)
     if args.shipped_gate:
         shipped_gate({"HH first turns, tuning quarter": harm1_tune, "HH first turns, set-aside": harm1_eval,
                       "HH last turns, tuning quarter": harm_tune, "HH last turns, set-aside": harm_eval,
                       "benign, tuning quarter": ben_tune, "benign, set-aside": ben_eval,
                       "benign look-alikes, set-aside": [q for q in ben_eval if q in ben_look]}, args.json)
         return
+    # the harmful requests a threshold is tuned on (the tuning quarter)
     harm_tune_thr = harm_tune + ([q for q in harm1_tune if q not in set(harm_tune)] if args.first_turns else [])
     ja_harm = [q for q, _ in JA_HARMFUL]
     ja_ben = [q for q, _ in JA_BENIGN]
 
     # ---- training data ----
     train_harm = hh_requests(pairs, heldout=False)
-    train_first = first_turns_to_train(hh_path, pairs) if args.first_turns else []
-    if args.first_turns:  # the same rule for the last turns: no evaluation request is trained on
-        held = set(harm_all) | set(harm1_all)
+    train_first: list[str] = []
+    if args.first_turns:  # no request the benchmarks evaluate is trained on, first turn or last
+        held = held_requests(hh_path, pairs)
         train_harm = [q for q in train_harm if q not in held]
+        train_first = first_turns_to_train(hh_path, held)
     hh_refusals = sorted({p["chosen"] for p in train_pairs if H._REFUSAL_RE.match(p["chosen"]) and len(p["chosen"]) < 200})
     refusals = H.REFUSALS + hh_refusals
     cg_train, _ = H.commongen_triples(args.data / H.COMMONGEN_FILE, refusals)

@@ -169,8 +169,8 @@ def test_first_turns_trained_on_are_never_benchmark_requests():
 
     path = DATA / "hh_rlhf_harmless_base_test.jsonl"
     pairs = load_pairs(path)
-    train = J.first_turns_to_train(path, pairs)
     evaluated = {c["request"] for c in Q.hh_prompts(DATA, 10 ** 6)} | set(J.hh_requests(pairs, heldout=True))
+    train = J.first_turns_to_train(path, J.held_requests(path, pairs))
     raw = set(Q.hh_first_turns(path, heldout=False))
     assert len(train) > 1000 and not set(train) & evaluated
     assert raw & evaluated, "the data has reused openings; without the filter some would be trained on"
