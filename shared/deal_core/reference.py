@@ -69,7 +69,7 @@ def reference_search(model, tokenizer, prompt: PreparedPrompt, rewards: RewardSe
                 row_eos: list[tuple[int, float]] = []
                 if n_generate:
                     row_more, lp_more, row_eos = _generate(model, context + [token], n_generate, device, eos,
-                                                           stats, constraint, beam.tokens + [token], end_ids)
+                                                           stats, constraint, beam.tokens + [token], end_ids=end_ids)
                     row, row_lp = row + row_more, row_lp + lp_more
                 hyp = _scored(dec, eos, beam, row, row_lp, commit, look, prompt, rewards, config, stats)
                 candidates.append(hyp)
@@ -144,11 +144,11 @@ class _Masked(LogitsProcessor):
 
 
 def _generate(model, context: list[int], n: int, device, eos: set[int], stats: SearchStats,
-              constraint=None, generated: list[int] | None = None, end_ids: frozenset[int] | None = None
+              constraint=None, generated: list[int] | None = None, *, end_ids: frozenset[int]
               ) -> tuple[list[int], list[float], list[tuple[int, float]]]:
     """Greedy ``n`` tokens after ``context`` with a fresh ``generate`` call; tokens, log-probs
     (under a constraint: masked, renormalised over the allowed tokens, as the fast search does) and,
-    per generated token, the best end token (of ``end_ids``, default ``eos``) and its log-prob where
+    per generated token, the best end token (of ``end_ids``: :func:`~.search.end_token_ids`) and its log-prob where
     that token was chosen."""
     ids = torch.tensor([context], device=device)
     # A fresh, explicit config: the model's own generation defaults (repetition penalty, ...) must not
@@ -164,8 +164,7 @@ def _generate(model, context: list[int], n: int, device, eos: set[int], stats: S
     steps = out.scores if constraint is not None else out.logits  # scores: after the mask
     dists = [torch.log_softmax(step[0].float(), -1) for step in steps]
     lps = [d[t].item() for d, t in zip(dists, tokens)]
-    ends_at = eos if end_ids is None else end_ids
-    ends = [best_eos(ends_at, d[None])[0] for d in dists[: len(tokens)]] if ends_at else []
+    ends = [best_eos(end_ids, d[None])[0] for d in dists[: len(tokens)]] if end_ids else []
     stats.lm_forward_passes += len(tokens)
     stats.lm_tokens += len(context) + len(tokens) - 1
     return tokens, lps, ends
